@@ -1,0 +1,1 @@
+"""The coupon service: Coupon templates, campaigns, issued coupons, validation and redemption."""

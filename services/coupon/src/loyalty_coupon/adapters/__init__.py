@@ -1,0 +1,1 @@
+"""The coupon service's adapters (filled in by the coupon issue)."""

@@ -1,0 +1,1 @@
+"""The coupon service's domain (filled in by the coupon issue)."""

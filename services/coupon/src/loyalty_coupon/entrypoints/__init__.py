@@ -1,0 +1,1 @@
+"""The coupon service's entrypoints (filled in by the coupon issue)."""

@@ -1,0 +1,1 @@
+"""The coupon service's service layer (filled in by the coupon issue)."""

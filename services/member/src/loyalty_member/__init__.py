@@ -1,0 +1,1 @@
+"""The member service: members, identities, cards, tiers, check-ins, orders intake, feedback."""

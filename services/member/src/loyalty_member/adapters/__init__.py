@@ -1,0 +1,1 @@
+"""Database tables and other I/O of the member service."""

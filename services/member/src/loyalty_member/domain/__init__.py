@@ -1,0 +1,1 @@
+"""Member rules as plain Python: no I/O here."""

@@ -1,0 +1,1 @@
+"""Use cases of the member service: one function per command."""

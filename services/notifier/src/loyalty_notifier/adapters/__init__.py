@@ -1,0 +1,1 @@
+"""The notifier service's adapters (filled in by the notifier issue)."""

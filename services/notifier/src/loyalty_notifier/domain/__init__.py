@@ -1,0 +1,1 @@
+"""The notifier service's domain (filled in by the notifier issue)."""

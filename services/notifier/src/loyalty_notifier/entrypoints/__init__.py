@@ -1,0 +1,1 @@
+"""The notifier service's entrypoints (filled in by the notifier issue)."""

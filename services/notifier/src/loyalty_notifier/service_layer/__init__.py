@@ -1,0 +1,1 @@
+"""The notifier service's service layer (filled in by the notifier issue)."""

@@ -1,0 +1,9 @@
+"""`python -m loyalty_points [serve|migrate]`."""
+
+import sys
+
+from loyalty_shared.service import main
+
+from .bootstrap import definition
+
+sys.exit(main(definition))

@@ -1,0 +1,1 @@
+"""Database tables and the ledger store of the points service."""

@@ -1,0 +1,25 @@
+"""Wires the points service: routes, topics, handlers, jobs."""
+
+from __future__ import annotations
+
+from loyalty_shared.db import migrations_dir
+from loyalty_shared.events import MEMBERS, ORDERS, POINTS
+from loyalty_shared.service import ServiceDefinition
+
+import loyalty_points
+
+from .entrypoints.events import handlers
+from .entrypoints.http import router
+
+
+def definition() -> ServiceDefinition:
+    return ServiceDefinition(
+        name="points",
+        title="Loyalty points service",
+        description="Points and stored-value ledgers, earning rules, expiry, redemptions.",
+        migrations=migrations_dir(loyalty_points.__file__),
+        routers=[router],
+        publishes=[POINTS],
+        consumes=[MEMBERS, ORDERS],
+        handlers=handlers,
+    )

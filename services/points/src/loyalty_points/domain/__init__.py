@@ -1,0 +1,1 @@
+"""Points rules as plain Python: no I/O here."""

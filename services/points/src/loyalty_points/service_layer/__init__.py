@@ -1,0 +1,1 @@
+"""Use cases of the points service: event handlers and queries."""

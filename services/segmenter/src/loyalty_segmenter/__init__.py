@@ -1,0 +1,1 @@
+"""The segmenter service: Member profiles (RFM, lifecycle, tags), segments, analytics."""

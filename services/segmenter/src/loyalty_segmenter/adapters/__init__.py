@@ -1,0 +1,1 @@
+"""The segmenter service's adapters (filled in by the segmenter issue)."""

@@ -1,0 +1,1 @@
+"""The segmenter service's domain (filled in by the segmenter issue)."""

@@ -1,0 +1,1 @@
+"""The segmenter service's entrypoints (filled in by the segmenter issue)."""

@@ -1,0 +1,1 @@
+"""The segmenter service's service layer (filled in by the segmenter issue)."""

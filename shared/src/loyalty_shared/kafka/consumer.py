@@ -1,0 +1,350 @@
+"""The idempotent, batch-first consumer that every service uses to apply events.
+
+For each partition in a `getmany` batch, in one database transaction:
+  1. record every event id in `processed_events` (set-based); the ids already there are
+     duplicates and are dropped;
+  2. hand the remaining events to the handlers, consecutive events of one type together, in
+     offset order, so each handler writes its part of the batch with set-based statements;
+  3. commit; only then commit the Kafka offset.
+A crash between the two commits redelivers events the inbox already holds: they are skipped.
+A batch whose handler fails is retried, then split to single events; an event that still fails,
+or that cannot be parsed, goes to `<topic>.dlq.<group>` with the error in its headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..events import Event, EventDecodeError, decode_event
+from ..observability import CONSUMER_LAG, EVENTS_DUPLICATE, EVENTS_FAILED, EVENTS_PROCESSED
+from .outbox import make_producer
+from .topics import dlq_topic
+
+log = structlog.get_logger(__name__)
+
+BatchHandler = Callable[[AsyncConnection, list[Event[Any]]], Awaitable[None]]
+AfterCommit = Callable[[], None]
+
+_RECORD = text(
+    """
+    INSERT INTO processed_events (consumer_group, event_id, type)
+    SELECT :group, * FROM unnest(CAST(:ids AS text[]), CAST(:types AS text[]))
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+    """
+)
+
+
+@dataclass
+class Handlers:
+    """Which handler applies which event type; events of other types are skipped."""
+
+    by_type: dict[str, BatchHandler] = field(default_factory=dict)
+
+    def on(self, event_type: str) -> Callable[[BatchHandler], BatchHandler]:
+        def register(fn: BatchHandler) -> BatchHandler:
+            self.by_type[event_type] = fn
+            return fn
+
+        return register
+
+
+class PoisonMessage(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class _Item:
+    record: ConsumerRecord[bytes, bytes]
+    event: Event[Any] | None = None
+    poison: PoisonMessage | None = None
+
+
+async def apply_events(
+    conn: AsyncConnection, group: str, handlers: Handlers, events: list[Event[Any]]
+) -> list[Event[Any]]:
+    """Record and apply events in the caller's transaction; answer those that were new.
+
+    This is the whole idempotent-consumer rule, separate from Kafka so handlers can be tested
+    (and replayed) without a broker.
+    """
+    wanted: dict[str, Event[Any]] = {}
+    for event in events:
+        if event.type in handlers.by_type and event.id not in wanted:
+            wanted[event.id] = event
+    if not wanted:
+        return []
+    rows = await conn.execute(
+        _RECORD,
+        {"group": group, "ids": list(wanted), "types": [e.type for e in wanted.values()]},
+    )
+    fresh_ids = {row[0] for row in rows}
+    fresh = [e for e in wanted.values() if e.id in fresh_ids]
+    run: list[Event[Any]] = []
+    for event in fresh:
+        if run and run[-1].type != event.type:
+            await handlers.by_type[run[0].type](conn, run)
+            run = []
+        run.append(event)
+    if run:
+        await handlers.by_type[run[0].type](conn, run)
+    return fresh
+
+
+class IdempotentConsumer:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        bootstrap: str,
+        *,
+        service: str,
+        group: str,
+        topics: Iterable[str],
+        handlers: Handlers,
+        batch_size: int = 1000,
+        max_retries: int = 3,
+        after_commit: AfterCommit | None = None,
+        retry_delay: float = 0.2,
+    ) -> None:
+        self.engine = engine
+        self.bootstrap = bootstrap
+        self.service = service
+        self.group = group
+        self.topics = list(topics)
+        self.handlers = handlers
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.after_commit = after_commit
+        self.retry_delay = retry_delay
+        self._consumer: AIOKafkaConsumer | None = None
+        self._dlq_producer: Any = None
+        self.connected = False
+        self.assigned = asyncio.Event()
+
+    def dlq_topics(self) -> list[str]:
+        return [dlq_topic(t, self.group) for t in self.topics]
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._start()
+                backoff = 0.5
+                while True:
+                    await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.connected = False
+                log.warning(
+                    "consumer_error",
+                    service=self.service,
+                    group=self.group,
+                    error=repr(exc),
+                    retry_in=backoff,
+                )
+                await self._close()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _start(self) -> None:
+        if self._consumer is not None:
+            return
+        listener = _AssignmentListener(self)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.batch_size,
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        try:
+            consumer.subscribe(self.topics, listener=listener)
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        producer = make_producer(self.bootstrap)
+        try:
+            await producer.start()
+        except BaseException:
+            await consumer.stop()
+            await producer.stop()
+            raise
+        self._consumer = consumer
+        self._dlq_producer = producer
+        self.connected = True
+
+    async def _close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = None
+        if self._dlq_producer is not None:
+            with contextlib.suppress(Exception):
+                await self._dlq_producer.stop()
+            self._dlq_producer = None
+
+    async def stop(self) -> None:
+        await self._close()
+
+    async def poll_once(self, timeout_ms: int = 500) -> int:
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.batch_size)
+        count = 0
+        for tp, records in batches.items():
+            if records:
+                await self._process_partition(tp, records)
+                count += len(records)
+                self._record_lag(tp, records[-1].offset)
+        return count
+
+    def _record_lag(self, tp: TopicPartition, last_offset: int) -> None:
+        assert self._consumer is not None
+        highwater = self._consumer.highwater(tp)
+        if highwater is not None:
+            CONSUMER_LAG.labels(self.service, tp.topic, tp.partition).set(
+                max(highwater - last_offset - 1, 0)
+            )
+
+    async def _process_partition(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        items = [_decode(record) for record in records]
+        good = [item for item in items if item.event is not None]
+        for item in items:
+            if item.poison is not None:
+                await self._to_dlq(item.record, item.poison)
+        if good:
+            await self._apply_with_retries(good)
+        await self._commit(tp, records[-1].offset + 1)
+
+    async def _apply_with_retries(self, items: list[_Item]) -> None:
+        events = [item.event for item in items if item.event is not None]
+        error: Exception | None = None
+        for attempt in range(self.max_retries):
+            try:
+                await self._apply(events)
+                return
+            except Exception as exc:
+                if _database_unavailable(exc):
+                    raise  # an outage is not the messages' fault: restart from the offset
+                error = exc
+                log.warning(
+                    "batch_failed",
+                    service=self.service,
+                    group=self.group,
+                    size=len(events),
+                    attempt=attempt + 1,
+                    error=repr(exc),
+                )
+                await asyncio.sleep(self.retry_delay * (2**attempt))
+        if len(items) > 1:
+            # Isolate the poison: each event alone, in order, with its own retries.
+            for item in items:
+                await self._apply_with_retries([item])
+            return
+        await self._to_dlq(
+            items[0].record, PoisonMessage("handler_error", repr(error)), event_type=events[0].type
+        )
+
+    async def _apply(self, events: list[Event[Any]]) -> None:
+        async with self.engine.begin() as conn:
+            fresh = await apply_events(conn, self.group, self.handlers, events)
+        fresh_ids = {e.id for e in fresh}
+        for event in events:
+            if event.type not in self.handlers.by_type:
+                continue
+            if event.id in fresh_ids:
+                EVENTS_PROCESSED.labels(self.service, event.type).inc()
+            else:
+                EVENTS_DUPLICATE.labels(self.service, event.type).inc()
+        if fresh and self.after_commit is not None:
+            self.after_commit()
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit({tp: offset})
+        except (CommitFailedError, KafkaError) as exc:
+            # The partition moved to another member: it will redeliver, and the inbox skips.
+            log.warning(
+                "offset_commit_failed",
+                service=self.service,
+                topic=tp.topic,
+                partition=tp.partition,
+                error=repr(exc),
+            )
+
+    async def _to_dlq(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        poison: PoisonMessage,
+        event_type: str = "unparsed",
+    ) -> None:
+        assert self._dlq_producer is not None
+        headers = [
+            ("error", poison.detail[:2000].encode()),
+            ("error_reason", poison.reason.encode()),
+            ("original_topic", record.topic.encode()),
+            ("original_partition", str(record.partition).encode()),
+            ("original_offset", str(record.offset).encode()),
+            ("consumer_group", self.group.encode()),
+        ]
+        await self._dlq_producer.send_and_wait(
+            dlq_topic(record.topic, self.group), record.value, key=record.key, headers=headers
+        )
+        EVENTS_FAILED.labels(self.service, event_type).inc()
+        log.error(
+            "event_dead_lettered",
+            service=self.service,
+            group=self.group,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=poison.reason,
+            error=poison.detail[:500],
+        )
+
+
+class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: IdempotentConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.owner.assigned.set()
+
+
+def _decode(record: ConsumerRecord[bytes, bytes]) -> _Item:
+    try:
+        return _Item(record, event=decode_event(record.value))
+    except EventDecodeError as exc:
+        return _Item(record, poison=PoisonMessage(exc.reason, str(exc)))
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, OSError | InterfaceError | OperationalError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return False

@@ -1,0 +1,50 @@
+"""Topic creation at start, and the naming of dead-letter topics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = structlog.get_logger(__name__)
+
+
+def dlq_topic(topic: str, group: str) -> str:
+    return f"{topic}.dlq.{group}"
+
+
+async def ensure_topics(
+    bootstrap: str, topics: list[str], partitions: int, *, attempts: int = 60
+) -> set[str]:
+    """Create the topics that do not exist yet; answer the ones this call created.
+
+    Retries while the broker is not reachable, so that services may start before it.
+    """
+    delay = 0.2
+    for attempt in range(attempts):
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [t for t in dict.fromkeys(topics) if t not in existing]
+            created: set[str] = set()
+            for topic in missing:
+                try:
+                    await admin.create_topics(
+                        [NewTopic(name=topic, num_partitions=partitions, replication_factor=1)]
+                    )
+                    created.add(topic)
+                except TopicAlreadyExistsError:
+                    pass
+            return created
+        except (KafkaError, OSError) as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("broker_unreachable", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        finally:
+            await admin.close()
+    return set()

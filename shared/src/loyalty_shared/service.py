@@ -1,0 +1,328 @@
+"""The skeleton every service is built on: runtime wiring, app factory, health, admin, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import AwareDatetime, BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .auth import ApiKeys, Scope
+from .clock import Clock, SystemClock
+from .db import create_engine, resolve_database_url, run_migrations
+from .errors import Conflict, NotFound, install_problem_handlers
+from .idempotency import IdempotencyStore, WriteGuardMiddleware
+from .jobs import Job, JobBusy, run_job, scheduler
+from .kafka import Handlers, IdempotentConsumer, OutboxRelay, ensure_topics, schedule_replay
+from .kafka.broker import port_open
+from .observability import RequestMetricsMiddleware, configure_logging, metrics_payload
+from .settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ServiceDefinition:
+    """What a service is made of; its bootstrap module builds one."""
+
+    name: str
+    title: str
+    migrations: Path
+    routers: list[APIRouter] = field(default_factory=list)
+    publishes: list[str] = field(default_factory=list)
+    consumes: list[str] = field(default_factory=list)
+    handlers: Callable[[Runtime], Handlers] | None = None
+    jobs: list[Job] = field(default_factory=list)
+    description: str = ""
+    version: str = "0.1.0"
+
+
+class Runtime:
+    """Per-process wiring of a service: settings, engine, clock, relay, consumer, jobs."""
+
+    def __init__(
+        self, definition: ServiceDefinition, settings: ServiceSettings, clock: Clock
+    ) -> None:
+        self.definition = definition
+        self.name = definition.name
+        self.settings = settings
+        self.clock = clock
+        self.jobs = definition.jobs
+        self._engine: AsyncEngine | None = None
+        self.relay: OutboxRelay | None = None
+        self.consumer: IdempotentConsumer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError(f"the {self.name} service has not started")
+        return self._engine
+
+    @property
+    def consumer_group(self) -> str:
+        return f"loyalty-{self.name}"
+
+    async def start(self, *, background: bool = True) -> None:
+        url = await resolve_database_url(self.settings)
+        self._engine = create_engine(url)
+        await run_migrations(self._engine, self.definition.migrations)
+        bootstrap = self.settings.bootstrap_servers
+        self.relay = OutboxRelay(
+            self._engine,
+            bootstrap,
+            service=self.name,
+            topics=self.definition.publishes,
+            batch_size=self.settings.outbox_batch_size,
+            clock=self.clock,
+            retention=timedelta(days=self.settings.outbox_retention_days),
+        )
+        if self.definition.handlers is not None and self.definition.consumes:
+            self.consumer = IdempotentConsumer(
+                self._engine,
+                bootstrap,
+                service=self.name,
+                group=self.consumer_group,
+                topics=self.definition.consumes,
+                handlers=self.definition.handlers(self),
+                batch_size=self.settings.consumer_batch_size,
+                max_retries=self.settings.consumer_max_retries,
+                after_commit=self.relay.wake,
+            )
+        if not background:
+            return
+        self._tasks.append(asyncio.create_task(self._start_messaging(), name=f"{self.name}-kafka"))
+        if self.settings.scheduler_enabled and self.jobs:
+            self._tasks.append(asyncio.create_task(scheduler(self), name=f"{self.name}-jobs"))
+
+    async def _start_messaging(self) -> None:
+        topics = list(self.definition.publishes) + list(self.definition.consumes)
+        if self.consumer is not None:
+            topics += self.consumer.dlq_topics()
+        await ensure_topics(
+            self.settings.bootstrap_servers, topics, self.settings.topic_partitions, attempts=10**6
+        )
+        assert self.relay is not None
+        runners = [self.relay.run()]
+        if self.consumer is not None:
+            runners.append(self.consumer.run())
+        await asyncio.gather(*runners)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A unit of work: state and outbox rows commit together; the relay is woken after."""
+        async with self.engine.begin() as conn:
+            yield conn
+        if self.relay is not None:
+            self.relay.wake()
+
+    def job(self, name: str) -> Job:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise NotFound(f"no job named '{name}'", jobs=[j.name for j in self.jobs])
+
+    async def ready(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        host, _, port = self.settings.bootstrap_servers.split(",")[0].rpartition(":")
+        ok = await asyncio.to_thread(port_open, host or "127.0.0.1", int(port or 9092), 1.0)
+        checks["broker"] = "ok" if ok else "unavailable"
+        return checks
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Routers every service has
+# ---------------------------------------------------------------------------------------------
+ops = APIRouter(tags=["operations"])
+
+
+@ops.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@ops.get("/readyz", summary="The database and the broker are reachable")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    checks = await runtime.ready()
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+    )
+
+
+@ops.get("/metrics", summary="Prometheus metrics")
+async def metrics() -> Response:
+    payload, content_type = metrics_payload()
+    return Response(payload, media_type=content_type)
+
+
+admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Scope("admin")])
+
+
+class JobRunRequest(BaseModel):
+    as_of: AwareDatetime | None = None
+
+
+class JobRunResult(BaseModel):
+    job: str
+    as_of: datetime
+    counts: dict[str, Any]
+
+
+class ReplayRequest(BaseModel):
+    since: AwareDatetime
+
+
+class ReplayResult(BaseModel):
+    scheduled: int
+
+
+@admin.get("/jobs", summary="The jobs this service runs on a schedule")
+async def list_jobs(runtime: RuntimeDep) -> dict[str, Any]:
+    return {
+        "items": [
+            {
+                "job": j.name,
+                "every_seconds": int(j.every.total_seconds()),
+                "description": j.description,
+            }
+            for j in runtime.jobs
+        ]
+    }
+
+
+@admin.post("/jobs/{job}/run", summary="Run a job now, as if the clock read as_of")
+async def run_job_now(
+    job: str, runtime: RuntimeDep, body: JobRunRequest | None = None
+) -> JobRunResult:
+    definition = runtime.job(job)
+    as_of = (body.as_of if body and body.as_of else None) or runtime.clock.now()
+    try:
+        counts = await run_job(runtime, definition, as_of)
+    except JobBusy as exc:
+        raise Conflict("job_running", f"the job '{job}' is running already") from exc
+    return JobRunResult(job=job, as_of=as_of, counts=counts)
+
+
+@admin.post("/outbox:replay", summary="Publish again every retained event written since a time")
+async def replay_outbox(body: ReplayRequest, runtime: RuntimeDep) -> ReplayResult:
+    async with runtime.transaction() as conn:
+        count = await schedule_replay(conn, body.since)
+    return ReplayResult(scheduled=count)
+
+
+# ---------------------------------------------------------------------------------------------
+# The app factory and the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def create_app(
+    definition: ServiceDefinition,
+    *,
+    settings: ServiceSettings | None = None,
+    clock: Clock | None = None,
+    background: bool = True,
+) -> FastAPI:
+    settings = settings or ServiceSettings.for_service(definition.name)
+    configure_logging(settings.log_level)
+    runtime = Runtime(definition, settings, clock or SystemClock())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start(background=background)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title=definition.title,
+        version=definition.version,
+        description=definition.description,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.api_keys = ApiKeys(settings.api_keys)
+    install_problem_handlers(app)
+    app.add_middleware(WriteGuardMiddleware, store_factory=lambda: IdempotencyStore(runtime.engine))
+    app.add_middleware(RequestMetricsMiddleware, service=definition.name)
+    app.include_router(ops)
+    app.include_router(admin)
+    for router in definition.routers:
+        app.include_router(router)
+    return app
+
+
+def main(definition_factory: Callable[[], ServiceDefinition], argv: list[str] | None = None) -> int:
+    """`python -m loyalty_<name> [serve|migrate]`."""
+    args = sys.argv[1:] if argv is None else argv
+    command = args[0] if args else "serve"
+    definition = definition_factory()
+    settings = ServiceSettings.for_service(definition.name)
+    configure_logging(settings.log_level)
+    if command == "migrate":
+
+        async def migrate() -> None:
+            engine = create_engine(await resolve_database_url(settings))
+            try:
+                await run_migrations(engine, definition.migrations)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(migrate())
+        print(f"{definition.name}: database migrated to head")
+        return 0
+    if command == "serve":
+        import uvicorn
+
+        app = create_app(definition, settings=settings)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+        return 0
+    print(f"usage: python -m loyalty_{definition.name} [serve|migrate]", file=sys.stderr)
+    return 2

@@ -1,0 +1,74 @@
+"""Settings every service reads: ports, data directory, Kafka, API keys, database URL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICE_PORT_OFFSETS = {
+    "member": 1,
+    "points": 2,
+    "coupon": 3,
+    "notifier": 4,
+    "segmenter": 5,
+    "console": 6,
+}
+
+ALL_SCOPES = (
+    "events:write",
+    "members:read",
+    "members:write",
+    "points:write",
+    "coupons:write",
+    "notify:write",
+    "admin",
+)
+
+DEV_API_KEYS = "dev-key=" + ",".join(ALL_SCOPES)
+
+
+class PlatformSettings(BaseSettings):
+    """Platform-wide settings, read from `LOYALTY_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="ignore")
+
+    data_dir: Path = Path(".run")
+    port_base: int = 8000
+    kafka_port: int = 9092
+    kafka_bootstrap: str = ""
+    api_keys: str = ""
+    topic_partitions: int = 6
+    outbox_retention_days: int = 7
+    outbox_batch_size: int = 500
+    consumer_batch_size: int = 1000
+    consumer_max_retries: int = 3
+    scheduler_enabled: bool = True
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+
+class ServiceSettings(PlatformSettings):
+    """Settings of one service; `database_url` comes from `<SERVICE>_DATABASE_URL`."""
+
+    service: str = Field(default="", exclude=True)
+    database_url: str | None = None
+
+    @classmethod
+    def for_service(cls, service: str, **overrides: object) -> ServiceSettings:
+        values: dict[str, object] = {"service": service}
+        url = os.environ.get(f"{service.upper()}_DATABASE_URL")
+        if url:
+            values["database_url"] = url
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def port(self) -> int:
+        return self.port_base + SERVICE_PORT_OFFSETS[self.service]

@@ -1,0 +1,142 @@
+"""Pytest plugin: real PostgreSQL and a real Kafka-protocol broker for integration tests.
+
+Backends, chosen by environment:
+- default: the embedded PostgreSQL (a cluster in a temp dir) and the embedded tansu broker on a
+  free port, both started once per test session;
+- `LOYALTY_TEST_DATABASE_URL`: databases are created on that server instead (e.g. the local
+  PostgreSQL 15 at postgresql://postgres@127.0.0.1:5432/postgres);
+- `LOYALTY_TEST_BACKEND=testcontainers` (machines with Docker): PostgreSQL and Apache Kafka
+  containers.
+Each service gets a fresh database per session: `loyalty_<service>_<random>`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from .clock import Clock
+from .db import EmbeddedCluster, drop_database, ensure_database, to_async_url
+from .kafka.broker import EmbeddedBroker, free_port
+from .service import Runtime, ServiceDefinition, create_app
+from .settings import ALL_SCOPES, ServiceSettings
+
+TEST_KEY = "test-key"
+READ_ONLY_KEY = "reader-key"
+TEST_API_KEYS = f"{TEST_KEY}={','.join(ALL_SCOPES)};{READ_ONLY_KEY}=members:read"
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+READ_ONLY_AUTH = {"Authorization": f"Bearer {READ_ONLY_KEY}"}
+
+
+def _backend() -> str:
+    return os.environ.get("LOYALTY_TEST_BACKEND", "embedded")
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A URL of a PostgreSQL server on which tests may create databases."""
+    explicit = os.environ.get("LOYALTY_TEST_DATABASE_URL")
+    if explicit:
+        yield to_async_url(explicit)
+        return
+    if _backend() == "testcontainers":
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver="asyncpg") as container:
+            yield to_async_url(container.get_connection_url())
+        return
+    root = Path(tempfile.mkdtemp(prefix="loyalty-test-pg-"))
+    cluster = EmbeddedCluster(root / "pg", delete_on_exit=True)
+    try:
+        yield cluster.url("postgres")
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """The bootstrap address of a broker for the whole test session."""
+    if _backend() == "testcontainers":
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            yield container.get_bootstrap_server()
+        return
+    with EmbeddedBroker(free_port()) as broker:
+        yield broker.bootstrap
+
+
+@dataclass
+class DatabaseFactory:
+    server_url: str
+    created: list[str]
+
+    async def fresh(self, prefix: str) -> str:
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        await ensure_database(self.server_url, name)
+        self.created.append(name)
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def databases(pg_server_url: str) -> AsyncIterator[DatabaseFactory]:
+    factory = DatabaseFactory(pg_server_url, [])
+    yield factory
+    for name in factory.created:
+        try:
+            await drop_database(pg_server_url, name)
+        except Exception:
+            pass
+
+
+@dataclass
+class RunningService:
+    """A service started in this process: its app, runtime and an authenticated client."""
+
+    app: Any
+    runtime: Runtime
+    client: httpx.AsyncClient
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        await self.runtime.stop()
+
+
+async def start_service(
+    definition: ServiceDefinition,
+    *,
+    database_url: str,
+    bootstrap: str,
+    clock: Clock | None = None,
+    background: bool = True,
+    **settings: Any,
+) -> RunningService:
+    service_settings = ServiceSettings.for_service(
+        definition.name,
+        database_url=database_url,
+        kafka_bootstrap=bootstrap,
+        api_keys=TEST_API_KEYS,
+        data_dir=Path(tempfile.mkdtemp(prefix="loyalty-test-data-")),
+        scheduler_enabled=False,
+        **settings,
+    )
+    app = create_app(definition, settings=service_settings, clock=clock, background=background)
+    runtime: Runtime = app.state.runtime
+    await runtime.start(background=background)
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url=f"http://{definition.name}.test",
+        headers=AUTH,
+    )
+    return RunningService(app=app, runtime=runtime, client=client)
