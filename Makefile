@@ -1,0 +1,51 @@
+# The platform's commands. A fresh machine needs only Python 3.11+ and make: uv is installed
+# with pip when it is missing, and uv brings everything else from the committed uv.lock.
+
+PYTHON ?= python3
+UV = $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+SERVICES := member points coupon notifier segmenter
+
+.PHONY: help uv sync run test test-fast lint format schemas migrate clean
+
+help:
+	@echo "make run      start PostgreSQL, the broker and the five services (Ctrl-C stops all)"
+	@echo "make test     lint, then every test (unit, integration, contract, end to end)"
+	@echo "make lint     ruff check, ruff format --check, mypy"
+	@echo "make format   ruff format and the safe ruff fixes"
+	@echo "make schemas  export the event JSON Schemas to shared/schemas/"
+	@echo "make migrate  run every service's database migrations"
+
+uv:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet uv || \
+		$(PYTHON) -m pip install --quiet --user --break-system-packages uv
+
+sync: uv
+	@$(UV) sync --all-packages --locked --quiet
+
+run: sync
+	@$(UV) run --no-sync python -m loyalty_shared.devstack
+
+lint: sync
+	$(UV) run --no-sync ruff check shared services tests
+	$(UV) run --no-sync ruff format --check shared services tests
+	$(UV) run --no-sync mypy shared/src $(foreach s,$(SERVICES),services/$(s)/src/loyalty_$(s)/domain)
+
+format: sync
+	$(UV) run --no-sync ruff check --fix shared services tests
+	$(UV) run --no-sync ruff format shared services tests
+
+test: lint
+	$(UV) run --no-sync pytest
+
+test-fast: sync
+	$(UV) run --no-sync pytest -m "not slow"
+
+schemas: sync
+	$(UV) run --no-sync python -m loyalty_shared.events.schemas
+
+migrate: sync
+	@for s in $(SERVICES); do $(UV) run --no-sync python -m loyalty_$$s migrate || exit 1; done
+
+clean:
+	rm -rf .run .pytest_cache .ruff_cache .mypy_cache
