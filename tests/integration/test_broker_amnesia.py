@@ -63,14 +63,19 @@ async def test_events_survive_a_broker_that_restarts_empty(databases: DatabaseFa
     broker.stop()
     broker = EmbeddedBroker(port).start()
     try:
-        member = await start_service(member_def, database_url=member_db,
-                                     bootstrap=broker.bootstrap)
-        points = await start_service(loyalty_points.bootstrap.definition(),
-                                     database_url=points_db, bootstrap=broker.bootstrap)
+        member = await start_service(member_def, database_url=member_db, bootstrap=broker.bootstrap)
+        points = await start_service(
+            loyalty_points.bootstrap.definition(),
+            database_url=points_db,
+            bootstrap=broker.bootstrap,
+        )
         try:
+
             async def balances() -> list[int] | None:
-                got = [(await points.client.get(f"/v1/accounts/{m}")).json()["available"]
-                       for m in member_ids]
+                got = [
+                    (await points.client.get(f"/v1/accounts/{m}")).json()["available"]
+                    for m in member_ids
+                ]
                 return got if got == [100, 100, 100] else None
 
             await until(balances, "the replayed sign-ups to be credited")

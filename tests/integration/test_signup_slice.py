@@ -7,8 +7,10 @@ import asyncio
 
 import loyalty_member.bootstrap
 import loyalty_points.bootstrap
+import orjson
 import pytest_asyncio
 from loyalty_shared.testing import DatabaseFactory, RunningService, start_service
+from sqlalchemy import text
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -72,3 +74,22 @@ async def test_unknown_member_has_an_empty_account(slice_services):
         "expiring": [],
         "tier": None,
     }
+
+
+async def test_the_request_trace_travels_in_the_event(slice_services):
+    member, _ = slice_services
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = await member.client.post(
+        "/v1/members",
+        json={"phone": "13800138111"},
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    )
+    assert response.status_code == 201
+    async with member.runtime.engine.connect() as conn:
+        value = await conn.scalar(
+            text("SELECT value FROM outbox WHERE key = :m"), {"m": response.json()["member_id"]}
+        )
+    event = orjson.loads(value)
+    assert event["traceparent"].split("-")[1] == trace_id
+    assert event["subject"] == response.json()["member_id"]
+    assert "phone" not in event["data"] and "+8613800138111" not in value.decode()

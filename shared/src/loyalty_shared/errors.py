@@ -106,6 +106,12 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+def _refused_value(exc: Exception) -> bool:
+    """The database refused a value (SQLSTATE class 22, data exception): the client's fault."""
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(exc, DBAPIError) and str(sqlstate or "").startswith("22")
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
@@ -145,6 +151,15 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if _refused_value(exc):
+            # A value the database cannot store (e.g. U+0000 in text) is bad input, not an outage.
+            return problem_response(
+                422,
+                "validation_error",
+                "the request holds a value that cannot be stored",
+                instance=request.url.path,
+                errors=[{"loc": ["request"], "msg": "a value cannot be stored", "type": "value"}],
+            )
         # A database that cannot be reached is an outage, not a bug: say so, and let the
         # client retry (with its Idempotency-Key) once it is back.
         log.warning("dependency_unavailable", error_type=type(exc).__name__, path=request.url.path)

@@ -175,7 +175,7 @@ class WriteGuardMiddleware:
         body: bytes,
     ) -> None:
         store: IdempotencyStore = self.store_factory()
-        principal = key_id(headers.get("authorization", ""))
+        principal = key_id(_bearer_token(headers.get("authorization", "")))
         path = scope["path"] + (
             "?" + scope["query_string"].decode() if scope["query_string"] else ""
         )
@@ -247,6 +247,12 @@ class WriteGuardMiddleware:
                 bytes(captured["body"]),
                 captured["headers"],
             )
+
+
+def _bearer_token(authorization: str) -> str:
+    """The API key as `ApiKeys.authenticate` reads it, so that one key is one principal."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else authorization
 
 
 async def _read_body(receive: Receive) -> bytes:

