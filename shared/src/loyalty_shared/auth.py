@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, Request
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as ASGIScope
 
-from .errors import ProblemError
+from .errors import ProblemError, problem_response
 from .settings import ALL_SCOPES
 
 
@@ -61,14 +63,43 @@ def require_scope(scope: str | None) -> Callable[..., Coroutine[Any, Any, Princi
     """A dependency that authenticates the caller and checks one scope (None: any valid key)."""
 
     async def dependency(request: Request) -> Principal:
-        keys: ApiKeys = request.app.state.api_keys
-        principal = keys.authenticate(request.headers.get("authorization"))
+        principal = getattr(request.state, "principal", None)
+        if principal is None:
+            keys: ApiKeys = request.app.state.api_keys
+            principal = keys.authenticate(request.headers.get("authorization"))
         if scope is not None and scope not in principal.scopes:
             raise ProblemError(403, "forbidden", f"this API key lacks the scope '{scope}'")
         request.state.principal = principal
         return principal
 
     return dependency
+
+
+class AuthenticationMiddleware:
+    """Checks the API key of every `/v1` request before anything reads its body, so a caller
+    without a valid key learns only that (401), whatever else is wrong with the request.
+    Scopes are checked per route (403) by `Scope(...)`."""
+
+    def __init__(self, app: ASGIApp, keys: Callable[[], ApiKeys]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+        )
+        try:
+            principal = self.keys().authenticate(authorization)
+        except ProblemError as exc:
+            response = problem_response(exc.status, exc.code, exc.detail,
+                                        headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
 
 
 def Scope(scope: str | None) -> Any:

@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .auth import ApiKeys, Scope
+from .auth import ApiKeys, AuthenticationMiddleware, Scope
 from .clock import Clock, SystemClock
 from .db import create_engine, resolve_database_url, run_migrations
 from .errors import Conflict, NotFound, install_problem_handlers
@@ -284,6 +284,7 @@ def create_app(
     app.state.api_keys = ApiKeys(settings.api_keys)
     install_problem_handlers(app)
     app.add_middleware(WriteGuardMiddleware, store_factory=lambda: IdempotencyStore(runtime.engine))
+    app.add_middleware(AuthenticationMiddleware, keys=lambda: app.state.api_keys)
     app.add_middleware(RequestMetricsMiddleware, service=definition.name)
     app.include_router(ops)
     app.include_router(admin)

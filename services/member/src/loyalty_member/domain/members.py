@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import phonenumbers
 
 DEFAULT_REGION = "CN"
 _REFERRAL_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud at a till
+
+
+_PHONE_CHARACTERS = re.compile(r"^[0-9 ()+.-]{4,32}$")
 
 
 class InvalidPhone(ValueError):
@@ -19,6 +23,10 @@ def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
     cleaned = raw.strip()
     if not cleaned:
         raise InvalidPhone("phone is empty")
+    if not _PHONE_CHARACTERS.match(cleaned):
+        # phonenumbers would read digits out of "abc138..." or take "x12" as an extension;
+        # a member's phone is digits with the usual separators and nothing else.
+        raise InvalidPhone(f"'{raw}' is not a phone number: use digits, spaces, dashes, + ( )")
     try:
         parsed = phonenumbers.parse(cleaned, None if cleaned.startswith("+") else region)
     except phonenumbers.NumberParseException as exc:

@@ -26,6 +26,13 @@ class MemberBase(BaseModel):
     locale: str = Field(default="zh-CN", pattern=r"^(zh-CN|en)$")
     timezone: str = "Asia/Shanghai"
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold U+0000
+            raise ValueError("must not contain the NUL character")
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
