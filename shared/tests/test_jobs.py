@@ -1,0 +1,147 @@
+"""Jobs: run on demand as if the clock read `as_of`, one run at a time across replicas, and
+periodically by the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import loyalty_coupon
+import pytest_asyncio
+from loyalty_shared.clock import FixedClock
+from loyalty_shared.db import migrations_dir
+from loyalty_shared.jobs import Job, scheduler
+from loyalty_shared.service import Runtime, ServiceDefinition
+from loyalty_shared.testing import DatabaseFactory, start_service
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.runs: list[datetime] = []
+        self.running = 0
+        self.overlaps = 0
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, runtime: Runtime, as_of: datetime) -> dict[str, int]:
+        self.running += 1
+        if self.running > 1:
+            self.overlaps += 1
+        try:
+            await self.release.wait()
+            self.runs.append(as_of)
+            return {"rows_touched": len(self.runs)}
+        finally:
+            self.running -= 1
+
+
+def definition(recorder: Recorder, every: timedelta = timedelta(hours=1)) -> ServiceDefinition:
+    return ServiceDefinition(
+        name="jobtest",
+        title="job test",
+        migrations=migrations_dir(loyalty_coupon.__file__),
+        jobs=[Job("tally", recorder, every=every, description="counts its runs")],
+    )
+
+
+@pytest_asyncio.fixture
+async def database(databases: DatabaseFactory) -> str:
+    return await databases.fresh("jobs")
+
+
+async def test_run_on_demand_with_as_of(database: str, kafka_bootstrap: str):
+    recorder = Recorder()
+    service = await start_service(
+        definition(recorder),
+        database_url=database,
+        bootstrap=kafka_bootstrap,
+        background=False,
+        clock=FixedClock(NOW),
+    )
+    try:
+        listed = (await service.client.get("/v1/admin/jobs")).json()
+        assert listed["items"] == [
+            {"job": "tally", "every_seconds": 3600, "description": "counts its runs"}
+        ]
+        response = await service.client.post(
+            "/v1/admin/jobs/tally/run", json={"as_of": "2027-01-20T00:00:00+08:00"}
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["counts"] == {"rows_touched": 1}
+        assert recorder.runs == [datetime(2027, 1, 19, 16, 0, tzinfo=UTC)]
+        # Without as_of the job runs at the service clock's time.
+        response = await service.client.post("/v1/admin/jobs/tally/run", json={})
+        assert response.status_code == 200
+        assert recorder.runs[-1] == NOW
+    finally:
+        await service.stop()
+
+
+async def test_a_job_runs_on_one_replica_at_a_time(database: str, kafka_bootstrap: str):
+    recorder = Recorder()
+    replicas = [
+        await start_service(
+            definition(recorder), database_url=database, bootstrap=kafka_bootstrap, background=False
+        )
+        for _ in range(2)
+    ]
+    try:
+        recorder.release.clear()
+        first = asyncio.create_task(replicas[0].client.post("/v1/admin/jobs/tally/run", json={}))
+        while recorder.running == 0:
+            await asyncio.sleep(0.01)
+        second = await replicas[1].client.post("/v1/admin/jobs/tally/run", json={})
+        assert second.status_code == 409
+        assert second.json()["code"] == "job_running"
+        recorder.release.set()
+        assert (await first).status_code == 200
+        assert len(recorder.runs) == 1
+        # Once the first run is over the lock is free again.
+        assert (
+            await replicas[1].client.post("/v1/admin/jobs/tally/run", json={})
+        ).status_code == 200
+    finally:
+        for replica in replicas:
+            await replica.stop()
+
+
+async def test_the_scheduler_runs_jobs_periodically_without_overlap(
+    database: str, kafka_bootstrap: str
+):
+    recorder = Recorder()
+    replicas = [
+        await start_service(
+            definition(recorder, every=timedelta(milliseconds=100)),
+            database_url=database,
+            bootstrap=kafka_bootstrap,
+            background=False,
+        )
+        for _ in range(2)
+    ]
+    tasks = [asyncio.create_task(scheduler(r.runtime)) for r in replicas]
+    try:
+        async with asyncio.timeout(20):
+            while len(recorder.runs) < 3:
+                await asyncio.sleep(0.05)
+        assert recorder.overlaps == 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for replica in replicas:
+            await replica.stop()
+
+
+async def test_an_unknown_job_is_404(database: str, kafka_bootstrap: str):
+    service = await start_service(
+        definition(Recorder()), database_url=database, bootstrap=kafka_bootstrap, background=False
+    )
+    try:
+        response = await service.client.post("/v1/admin/jobs/nope/run", json={})
+        assert response.status_code == 404
+        assert response.json()["jobs"] == ["tally"]
+    finally:
+        await service.stop()
