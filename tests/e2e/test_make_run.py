@@ -22,8 +22,12 @@ pytestmark = pytest.mark.slow
 
 def call(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": "Bearer dev-key", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Authorization": "Bearer dev-key", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
@@ -52,14 +56,22 @@ class Platform:
         return f"http://127.0.0.1:{self.port_base + offset}{path}"
 
     def start(self, timeout: float = 180) -> None:
-        env = {**os.environ, "LOYALTY_DATA_DIR": str(self.data_dir),
-               "LOYALTY_PORT_BASE": str(self.port_base),
-               "LOYALTY_KAFKA_PORT": str(self.kafka_port)}
+        env = {
+            **os.environ,
+            "LOYALTY_DATA_DIR": str(self.data_dir),
+            "LOYALTY_PORT_BASE": str(self.port_base),
+            "LOYALTY_KAFKA_PORT": str(self.kafka_port),
+        }
         env.pop("LOYALTY_API_KEYS", None)
-        self.process = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=REPO,
-                                        env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            ["make", "--no-print-directory", "run"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None
         for line in self.process.stdout:
@@ -100,8 +112,12 @@ def test_make_run_survives_ctrl_c_and_restart(tmp_path: Path):
         status, member = call("POST", platform.url(1, "/v1/members"), {"phone": "13512345678"})
         assert status == 201, member
         member_id = member["member_id"]
-        wait_for(lambda: call("GET", platform.url(2, f"/v1/accounts/{member_id}"))[1]
-                 ["available"] == 100, "the signup bonus")
+        wait_for(
+            lambda: (
+                call("GET", platform.url(2, f"/v1/accounts/{member_id}"))[1]["available"] == 100
+            ),
+            "the signup bonus",
+        )
     finally:
         platform.interrupt()
     assert leftovers(platform.data_dir, kafka_port) == []
@@ -115,8 +131,13 @@ def test_make_run_survives_ctrl_c_and_restart(tmp_path: Path):
         # A sign-up after the restart flows through the fresh broker as well.
         status, second = call("POST", platform.url(1, "/v1/members"), {"phone": "13512345679"})
         assert status == 201
-        wait_for(lambda: call("GET", platform.url(2, f"/v1/accounts/{second['member_id']}"))[1]
-                 ["available"] == 100, "the second signup bonus")
+        wait_for(
+            lambda: (
+                call("GET", platform.url(2, f"/v1/accounts/{second['member_id']}"))[1]["available"]
+                == 100
+            ),
+            "the second signup bonus",
+        )
         # The replayed first sign-up was not credited twice.
         account = call("GET", platform.url(2, f"/v1/accounts/{member_id}"))[1]
         assert account["available"] == 100

@@ -94,8 +94,9 @@ class AuthenticationMiddleware:
         try:
             principal = self.keys().authenticate(authorization)
         except ProblemError as exc:
-            response = problem_response(exc.status, exc.code, exc.detail,
-                                        headers={"WWW-Authenticate": "Bearer"})
+            response = problem_response(
+                exc.status, exc.code, exc.detail, headers={"WWW-Authenticate": "Bearer"}
+            )
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
