@@ -210,7 +210,7 @@ async def run_migrations(engine: AsyncEngine, script_location: Path) -> None:
     def upgrade(sync_conn: Connection) -> None:
         sync_conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('loyalty_migrations'))"))
         cfg.attributes["connection"] = sync_conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")
 
     async with engine.begin() as conn:
         await conn.run_sync(upgrade)

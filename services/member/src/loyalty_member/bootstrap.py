@@ -8,7 +8,7 @@ from loyalty_shared.service import ServiceDefinition
 
 import loyalty_member
 
-from .entrypoints.http import router
+from .entrypoints import checkins, feedback, members
 
 
 def definition() -> ServiceDefinition:
@@ -17,6 +17,6 @@ def definition() -> ServiceDefinition:
         title="Loyalty member service",
         description="Members, identities, cards, tiers, check-ins, orders intake, feedback.",
         migrations=migrations_dir(loyalty_member.__file__),
-        routers=[router],
+        routers=[members.router, checkins.router, feedback.router],
         publishes=[MEMBERS, ORDERS],
     )

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from loyalty_shared.errors import Conflict, Unprocessable
-from loyalty_shared.events import make_event, new_event_id
 from loyalty_shared.events.members import MemberRegistered
-from loyalty_shared.kafka import add_to_outbox
 from loyalty_shared.service import Runtime
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 from ulid import ULID
 
 from ..adapters.tables import members
 from ..domain.members import InvalidPhone, new_card_no, new_referral_code, normalise_phone
+from .events import emit
 
-SOURCE = "loyalty/member"
 DEFAULT_TIER = "bronze"
 
 
@@ -37,77 +36,80 @@ class RegisterMember:
 
 
 async def register_member(runtime: Runtime, cmd: RegisterMember) -> dict[str, Any]:
+    async with runtime.transaction() as conn:
+        return await register_member_in(conn, cmd, now=runtime.clock.now())
+
+
+async def register_member_in(
+    conn: AsyncConnection, cmd: RegisterMember, *, now: datetime
+) -> dict[str, Any]:
+    """Sign a member up inside the caller's transaction (also used by orders that enrol the
+    buyer on the spot); raises 422 `invalid_phone`, 409 `member_exists`."""
     try:
         phone = normalise_phone(cmd.phone)
     except InvalidPhone as exc:
         raise Unprocessable("invalid_phone", str(exc)) from exc
-    now = runtime.clock.now()
     member_id = str(ULID.from_datetime(now))
-    async with runtime.transaction() as conn:
-        referred_by = None
-        if cmd.referral_code:
-            referred_by = await conn.scalar(
-                select(members.c.member_id).where(
-                    members.c.referral_code == cmd.referral_code.strip().upper()
-                )
+    referred_by = None
+    if cmd.referral_code:
+        referred_by = await conn.scalar(
+            select(members.c.member_id).where(
+                members.c.referral_code == cmd.referral_code.strip().upper()
             )
-            if referred_by is None:
-                raise Unprocessable(
-                    "invalid_referral_code",
-                    f"no member has the referral code '{cmd.referral_code}'",
-                )
-        row = {
-            "member_id": member_id,
-            "phone": phone,
-            "email": cmd.email,
-            "name": cmd.name,
-            "birthday": cmd.birthday,
-            "locale": cmd.locale,
-            "timezone": cmd.timezone,
-            "card_no": new_card_no(),
-            "referral_code": new_referral_code(),
-            "referred_by": referred_by,
-            "tier": DEFAULT_TIER,
-            "store_id": cmd.store_id,
-            "channel": cmd.channel,
-            "consents": cmd.consents,
-            "created_at": now,
-            "updated_at": now,
-        }
-        inserted = await conn.scalar(
-            pg_insert(members)
-            .values(**row)
-            .on_conflict_do_nothing(index_elements=["phone"])
-            .returning(members.c.member_id)
         )
-        if inserted is None:
-            existing = await conn.scalar(
-                select(members.c.member_id).where(members.c.phone == phone)
+        if referred_by is None:
+            raise Unprocessable(
+                "invalid_referral_code",
+                f"no member has the referral code '{cmd.referral_code}'",
             )
-            raise Conflict(
-                "member_exists", "a member with this phone exists already", member_id=existing
-            )
-        event = make_event(
-            "member.registered",
-            MemberRegistered(
-                member_id=member_id,
-                card_no=row["card_no"],
-                tier=DEFAULT_TIER,
-                referral_code=row["referral_code"],
-                referred_by=referred_by,
-                store_id=cmd.store_id,
-                channel=cmd.channel,
-                locale=cmd.locale,
-                timezone=cmd.timezone,
-                consents=cmd.consents,
-                registered_at=now,
-            ),
-            subject=member_id,
-            source=SOURCE,
-            time=now,
-            event_id=new_event_id(),
+    row = {
+        "member_id": member_id,
+        "phone": phone,
+        "email": cmd.email,
+        "name": cmd.name,
+        "birthday": cmd.birthday,
+        "locale": cmd.locale,
+        "timezone": cmd.timezone,
+        "card_no": new_card_no(),
+        "referral_code": new_referral_code(),
+        "referred_by": referred_by,
+        "tier": DEFAULT_TIER,
+        "store_id": cmd.store_id,
+        "channel": cmd.channel,
+        "consents": cmd.consents,
+        "created_at": now,
+        "updated_at": now,
+    }
+    inserted = await conn.scalar(
+        pg_insert(members)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=["phone"])
+        .returning(members.c.member_id)
+    )
+    if inserted is None:
+        existing = await conn.scalar(select(members.c.member_id).where(members.c.phone == phone))
+        raise Conflict(
+            "member_exists", "a member with this phone exists already", member_id=existing
         )
-        await add_to_outbox(conn, [event])
+    await emit(
+        conn,
+        "member.registered",
+        MemberRegistered(
+            member_id=member_id,
+            card_no=row["card_no"],
+            tier=DEFAULT_TIER,
+            referral_code=row["referral_code"],
+            referred_by=referred_by,
+            store_id=cmd.store_id,
+            channel=cmd.channel,
+            locale=cmd.locale,
+            timezone=cmd.timezone,
+            consents=cmd.consents,
+            registered_at=now,
+        ),
+        subject=member_id,
+        time=now,
+    )
     return row
 
 

@@ -1,0 +1,7 @@
+"""HTTP routes for feedback (see the service README)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/v1", tags=["feedback"])
