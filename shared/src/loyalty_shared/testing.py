@@ -140,3 +140,17 @@ async def start_service(
         headers=AUTH,
     )
     return RunningService(app=app, runtime=runtime, client=client)
+
+
+async def outbox_events(
+    runtime: Runtime, *, key: str | None = None, event_type: str | None = None
+) -> list[dict[str, Any]]:
+    """The CloudEvents a service has emitted (its outbox), oldest first, optionally filtered."""
+    import orjson
+    from sqlalchemy import text
+
+    sql = "SELECT value FROM outbox WHERE (CAST(:key AS text) IS NULL OR key = :key) "
+    sql += "AND (CAST(:type AS text) IS NULL OR type = :type) ORDER BY seq"
+    async with runtime.engine.connect() as conn:
+        rows = await conn.scalars(text(sql), {"key": key, "type": event_type})
+        return [orjson.loads(value) for value in rows]

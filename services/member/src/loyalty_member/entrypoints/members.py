@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Response
 from loyalty_shared.auth import Scope
-from loyalty_shared.errors import NotFound
+from loyalty_shared.errors import NotFound, Unprocessable
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
+from ..service_layer.members import (
+    add_identity,
+    erase_member,
+    find_members,
+    list_identities,
+    update_member,
+)
 from ..service_layer.registration import RegisterMember, get_member, register_member
 
 router = APIRouter(prefix="/v1", tags=["members"])
@@ -41,6 +49,15 @@ class MemberBase(BaseModel):
         return value
 
 
+def _known_consent_channels(value: dict[str, bool] | None) -> dict[str, bool] | None:
+    unknown = set(value or {}) - CONSENT_CHANNELS
+    if unknown:
+        raise ValueError(
+            f"unknown consent channels {sorted(unknown)}; use {sorted(CONSENT_CHANNELS)}"
+        )
+    return value
+
+
 class MemberCreate(MemberBase):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,15 +67,20 @@ class MemberCreate(MemberBase):
     channel: str | None = Field(default=None, max_length=32)
     consents: dict[str, bool] = Field(default_factory=dict)
 
-    @field_validator("consents")
-    @classmethod
-    def _known_channels(cls, value: dict[str, bool]) -> dict[str, bool]:
-        unknown = set(value) - CONSENT_CHANNELS
-        if unknown:
-            raise ValueError(
-                f"unknown consent channels {sorted(unknown)}; use {sorted(CONSENT_CHANNELS)}"
-            )
-        return value
+    _consents = field_validator("consents")(_known_consent_channels)
+
+
+class MemberUpdate(MemberBase):
+    """Only the fields sent change; `consents` merge channel by channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str | None = Field(default=None, min_length=1, max_length=32)
+    locale: str = Field(default="zh-CN", pattern=r"^(zh-CN|en)$")
+    store_id: str | None = Field(default=None, max_length=64)
+    consents: dict[str, bool] | None = None
+
+    _consents = field_validator("consents")(_known_consent_channels)
 
 
 class MemberPublic(BaseModel):
@@ -78,6 +100,30 @@ class MemberPublic(BaseModel):
     consents: dict[str, bool]
     created_at: datetime
     updated_at: datetime
+    erased_at: datetime | None = None
+
+
+class MemberList(BaseModel):
+    items: list[MemberPublic]
+    next_cursor: str | None = None
+
+
+class IdentityCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["wechat_openid", "push_token"]
+    value: str = Field(min_length=1, max_length=512, pattern=r"^[^\x00]+$")
+
+
+class IdentityPublic(BaseModel):
+    kind: str
+    value: str
+    created_at: datetime
+
+
+class IdentityList(BaseModel):
+    items: list[IdentityPublic]
+    next_cursor: str | None = None
 
 
 @router.post(
@@ -90,6 +136,83 @@ class MemberPublic(BaseModel):
 async def create_member(body: MemberCreate, runtime: RuntimeDep) -> MemberPublic:
     row = await register_member(runtime, RegisterMember(**body.model_dump()))
     return MemberPublic(**row)
+
+
+@router.get(
+    "/members",
+    response_model=MemberList,
+    dependencies=[Scope("members:read")],
+    summary="Look a member up by phone, card number or email (exactly one)",
+)
+async def lookup_members(
+    runtime: RuntimeDep,
+    phone: Annotated[str | None, Query(max_length=32)] = None,
+    card_no: Annotated[str | None, Query(max_length=32)] = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+) -> MemberList:
+    given = [name for name, v in (("phone", phone), ("card_no", card_no), ("email", email)) if v]
+    if len(given) != 1:
+        raise Unprocessable(
+            "validation_error",
+            "give exactly one of phone, card_no, email",
+            errors=[
+                {"loc": ["query", n], "msg": "give exactly one"}
+                for n in (given or ["phone", "card_no", "email"])
+            ],
+        )
+    rows = await find_members(runtime, phone=phone, card_no=card_no, email=email)
+    return MemberList(items=[MemberPublic(**r) for r in rows])
+
+
+@router.patch(
+    "/members/{member_id}",
+    response_model=MemberPublic,
+    dependencies=[Scope("members:write")],
+    summary="Change a member's data",
+)
+async def patch_member(member_id: str, body: MemberUpdate, runtime: RuntimeDep) -> MemberPublic:
+    changes = body.model_dump(exclude_unset=True)
+    return MemberPublic(**await update_member(runtime, member_id, changes))
+
+
+@router.delete(
+    "/members/{member_id}",
+    status_code=204,
+    dependencies=[Scope("members:write")],
+    summary="Erase a member's personal data (keeps the member_id and its history)",
+)
+async def delete_member(member_id: str, runtime: RuntimeDep) -> Response:
+    await erase_member(runtime, member_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/members/{member_id}/identities",
+    status_code=201,
+    response_model=IdentityPublic,
+    dependencies=[Scope("members:write")],
+    summary="Add a channel address (WeChat openid, push token)",
+    responses={200: {"description": "the identity was recorded already"}},
+)
+async def post_identity(
+    member_id: str, body: IdentityCreate, runtime: RuntimeDep, response: Response
+) -> IdentityPublic:
+    identity, created = await add_identity(runtime, member_id, body.kind, body.value)
+    if not created:
+        response.status_code = 200
+    return IdentityPublic(**identity)
+
+
+@router.get(
+    "/members/{member_id}/identities",
+    response_model=IdentityList,
+    dependencies=[Scope("members:read")],
+    summary="A member's channel addresses",
+)
+async def get_identities(member_id: str, runtime: RuntimeDep) -> IdentityList:
+    return IdentityList(
+        items=[IdentityPublic(**r) for r in await list_identities(runtime, member_id)]
+    )
 
 
 @router.get(
