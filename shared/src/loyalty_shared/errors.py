@@ -9,7 +9,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -112,6 +112,18 @@ def _refused_value(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and str(sqlstate or "").startswith("22")
 
 
+def _outage(exc: Exception) -> bool:
+    """Connection trouble (refused, dropped, server shutting down), not a statement's fault."""
+    if isinstance(exc, OSError | OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        return sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention
+    return False
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
@@ -159,6 +171,11 @@ def install_problem_handlers(app: FastAPI) -> None:
                 "the request holds a value that cannot be stored",
                 instance=request.url.path,
                 errors=[{"loc": ["request"], "msg": "a value cannot be stored", "type": "value"}],
+            )
+        if not _outage(exc):
+            log.exception("database_error", path=request.url.path)
+            return problem_response(
+                500, "internal_error", "an unexpected error occurred", instance=request.url.path
             )
         # A database that cannot be reached is an outage, not a bug: say so, and let the
         # client retry (with its Idempotency-Key) once it is back.

@@ -8,8 +8,9 @@ from loyalty_shared.service import ServiceDefinition
 
 import loyalty_points
 
+from .entrypoints import accounts, redemptions, rules
 from .entrypoints.events import handlers
-from .entrypoints.http import router
+from .service_layer.jobs import JOBS
 
 
 def definition() -> ServiceDefinition:
@@ -18,8 +19,9 @@ def definition() -> ServiceDefinition:
         title="Loyalty points service",
         description="Points and stored-value ledgers, earning rules, expiry, redemptions.",
         migrations=migrations_dir(loyalty_points.__file__),
-        routers=[router],
+        routers=[accounts.router, redemptions.router, rules.router],
         publishes=[POINTS],
         consumes=[MEMBERS, ORDERS],
         handlers=handlers,
+        jobs=JOBS,
     )

@@ -1,56 +1,331 @@
-"""Writes a batch's effects with one statement per table, and reads accounts back."""
+"""Loads the accounts a unit of work touches (row-locked, in member order) and writes back what
+changed with one statement per table, however many members and events the batch holds."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
+import orjson
 from loyalty_shared.db import insert_many
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..domain.ledger import Effects
-from .tables import accounts, ledger_entries, points_lots
-
-_UPSERT_BALANCES = text(
-    """
-    INSERT INTO accounts (member_id, available, pending, lifetime_earned, lifetime_redeemed,
-                          updated_at)
-    SELECT m, a, p, e, r, :now FROM unnest(CAST(:members AS text[]), CAST(:available AS bigint[]),
-        CAST(:pending AS bigint[]), CAST(:earned AS bigint[]), CAST(:redeemed AS bigint[]))
-        AS t(m, a, p, e, r)
-    ON CONFLICT (member_id) DO UPDATE SET
-        available = accounts.available + EXCLUDED.available,
-        pending = accounts.pending + EXCLUDED.pending,
-        lifetime_earned = accounts.lifetime_earned + EXCLUDED.lifetime_earned,
-        lifetime_redeemed = accounts.lifetime_redeemed + EXCLUDED.lifetime_redeemed,
-        updated_at = EXCLUDED.updated_at
-    """
+from ..domain.earning import Card, Member, OrderPoints
+from ..domain.ledger import Account, Lot
+from ..domain.rules import PARAMS, Rule, Rulebook, default_rules
+from .tables import (
+    accounts,
+    earning_rules,
+    ledger_entries,
+    lot_portions,
+    order_points,
+    points_lots,
 )
 
+_LOT_COLUMNS = [c.name for c in points_lots.columns]
 
-async def write_effects(conn: AsyncConnection, effects: Effects, now: datetime) -> None:
-    if effects.lots:
-        await insert_many(
-            conn, points_lots, [{**asdict(lot), "remaining": lot.points} for lot in effects.lots]
+
+def _lot(row: Any) -> Lot:
+    return Lot(**{k: getattr(row, k) for k in _LOT_COLUMNS})
+
+
+async def load_rulebook(conn: AsyncConnection) -> Rulebook:
+    rules = default_rules()
+    for row in await conn.execute(select(earning_rules)):
+        if row.code in PARAMS:
+            rules[row.code] = Rule(
+                row.code, row.enabled, PARAMS[row.code].model_validate(row.params)
+            )
+    return Rulebook(rules)
+
+
+async def save_rule(conn: AsyncConnection, rule: Rule, now: datetime) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO earning_rules (code, enabled, params, updated_at) "
+            "VALUES (:code, :enabled, CAST(:params AS jsonb), :now) ON CONFLICT (code) DO UPDATE "
+            "SET enabled = EXCLUDED.enabled, params = EXCLUDED.params, updated_at = :now"
+        ),
+        {
+            "code": rule.code,
+            "enabled": rule.enabled,
+            "params": rule.params.model_dump_json(),
+            "now": now,
+        },
+    )
+
+
+class LedgerBatch:
+    """One unit of work over some members' ledgers."""
+
+    def __init__(self, conn: AsyncConnection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.accounts: dict[str, Account] = {}
+        self.members: dict[str, Member] = {}
+        self.orders: dict[str, OrderPoints] = {}
+        self._known_orders: set[str] = set()
+        self._member_changed: set[str] = set()
+
+    # --- loading ------------------------------------------------------------------------
+
+    async def load(self, member_ids: Iterable[str]) -> None:
+        wanted = sorted(set(member_ids) - set(self.accounts))
+        if not wanted:
+            return
+        # Create missing accounts first, then lock all in member order: concurrent batches and
+        # requests touching the same members queue instead of deadlocking.
+        await self.conn.execute(
+            text(
+                "INSERT INTO accounts (member_id, available, pending, lifetime_earned, "
+                "lifetime_redeemed, updated_at) SELECT m, 0, 0, 0, 0, :now "
+                "FROM unnest(CAST(:members AS text[])) AS m ORDER BY m ON CONFLICT DO NOTHING"
+            ),
+            {"members": wanted, "now": self.now},
         )
-    if effects.entries:
-        await insert_many(conn, ledger_entries, [asdict(entry) for entry in effects.entries])
-    if effects.balances:
-        members = sorted(effects.balances)  # a stable order keeps concurrent batches deadlock-free
-        changes = [effects.balances[m] for m in members]
-        await conn.execute(
-            _UPSERT_BALANCES,
+        rows = await self.conn.execute(
+            select(accounts)
+            .where(accounts.c.member_id.in_(wanted))
+            .order_by(accounts.c.member_id)
+            .with_for_update()
+        )
+        for row in rows:
+            self.accounts[row.member_id] = Account(
+                member_id=row.member_id,
+                available=row.available,
+                pending=row.pending,
+                lifetime_earned=row.lifetime_earned,
+                lifetime_redeemed=row.lifetime_redeemed,
+            )
+            self.members[row.member_id] = Member(
+                member_id=row.member_id,
+                timezone=row.timezone,
+                tier=row.tier,
+                cards={
+                    no: Card(
+                        c["multiplier"],
+                        datetime.fromisoformat(c["expires_at"]) if c.get("expires_at") else None,
+                    )
+                    for no, c in (row.cards or {}).items()
+                },
+            )
+        lots = await self.conn.execute(
+            select(points_lots).where(
+                points_lots.c.member_id.in_(wanted), points_lots.c.remaining > 0
+            )
+        )
+        for row in lots:
+            self.accounts[row.member_id].lots[row.lot_id] = _lot(row)
+
+    async def load_lots(self, lot_ids: Iterable[str]) -> None:
+        """Lots that may hold nothing now (a redemption to cancel took them)."""
+        ids = list(set(lot_ids))
+        if not ids:
+            return
+        for row in await self.conn.execute(
+            select(points_lots).where(points_lots.c.lot_id.in_(ids))
+        ):
+            account = self.accounts[row.member_id]
+            account.lots.setdefault(row.lot_id, _lot(row))
+
+    async def load_orders(self, order_ids: Iterable[str]) -> None:
+        ids = sorted(set(order_ids) - set(self.orders))
+        if not ids:
+            return
+        rows = await self.conn.execute(
+            select(order_points).where(order_points.c.order_id.in_(ids)).with_for_update()
+        )
+        for row in rows:
+            order = OrderPoints(**{c.name: getattr(row, c.name) for c in order_points.columns})
+            order.multiplier = Decimal(row.multiplier)
+            self.orders[row.order_id] = order
+            self._known_orders.add(row.order_id)
+        lot_ids = [o.lot_id for o in self.orders.values() if o.lot_id]
+        await self.load_lots(lot_ids)
+
+    async def load_days(self, wanted: Iterable[tuple[str, date]]) -> None:
+        pairs = sorted(set(wanted))
+        if not pairs:
+            return
+        rows = await self.conn.execute(
+            text(
+                "SELECT d.member_id, d.local_date, d.points FROM daily_earnings d "
+                "JOIN unnest(CAST(:members AS text[]), CAST(:days AS date[])) AS w(m, day) "
+                "ON d.member_id = w.m AND d.local_date = w.day"
+            ),
+            {"members": [p[0] for p in pairs], "days": [p[1] for p in pairs]},
+        )
+        for row in rows:
+            self.members[row.member_id].earned_by_day[row.local_date] = row.points
+
+    def member_changed(self, member_id: str) -> None:
+        self._member_changed.add(member_id)
+
+    # --- writing ------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        changed = [a for a in self.accounts.values() if a.entries or a.changed_lots]
+        new_lots = [lot for a in changed for lot in a.new_lots]
+        new_ids = {lot.lot_id for lot in new_lots}
+        if new_lots:
+            await insert_many(self.conn, points_lots, [asdict(lot) for lot in new_lots])
+        updated = [a.lots[i] for a in changed for i in a.changed_lots if i not in new_ids]
+        if updated:
+            await self.conn.execute(
+                text(
+                    "UPDATE points_lots l SET remaining = u.remaining, state = u.state, "
+                    "notified_at = u.notified_at FROM unnest(CAST(:ids AS text[]), "
+                    "CAST(:remaining AS bigint[]), CAST(:states AS text[]), "
+                    "CAST(:notified AS timestamptz[])) AS u(lot_id, remaining, state, notified_at) "
+                    "WHERE l.lot_id = u.lot_id"
+                ),
+                {
+                    "ids": [lot.lot_id for lot in updated],
+                    "remaining": [lot.remaining for lot in updated],
+                    "states": [lot.state for lot in updated],
+                    "notified": [lot.notified_at for lot in updated],
+                },
+            )
+        entries = [e for a in changed for e in a.entries]
+        if entries:
+            await insert_many(
+                self.conn,
+                ledger_entries,
+                [
+                    {
+                        "entry_id": e.entry_id,
+                        "member_id": e.member_id,
+                        "kind": e.kind,
+                        "bucket": e.bucket,
+                        "points": e.points,
+                        "reason": e.reason[:500],
+                        "rule": e.rule,
+                        "source_event_id": e.source.event_id,
+                        "source_type": e.source.type,
+                        "order_id": e.source.order_id,
+                        "redemption_id": e.source.redemption_id,
+                        "lot_id": e.lot_id,
+                        "created_at": e.created_at,
+                        "occurred_at": e.occurred_at,
+                        "available_at": e.available_at,
+                        "expires_at": e.expires_at,
+                        "capped_points": e.capped_points,
+                    }
+                    for e in entries
+                ],
+            )
+        portions = [p for a in changed for p in a.portions]
+        if portions:
+            await insert_many(self.conn, lot_portions, [asdict(p) for p in portions])
+        touched = sorted({a.member_id for a in changed} | self._member_changed)
+        if touched:
+            await self._write_accounts(touched)
+        await self._write_days()
+        await self._write_orders()
+        for account in changed:
+            account.new_lots.clear()
+            account.changed_lots.clear()
+            account.entries.clear()
+            account.portions.clear()
+            account.operations.clear()
+        self._member_changed.clear()
+
+    async def _write_accounts(self, member_ids: list[str]) -> None:
+        rows = [(self.accounts[m], self.members[m]) for m in member_ids]
+        await self.conn.execute(
+            text(
+                "UPDATE accounts a SET available = u.available, pending = u.pending, "
+                "lifetime_earned = u.earned, lifetime_redeemed = u.redeemed, tier = u.tier, "
+                "timezone = u.timezone, cards = u.cards, updated_at = :now "
+                "FROM unnest(CAST(:ids AS text[]), CAST(:available AS bigint[]), "
+                "CAST(:pending AS bigint[]), CAST(:earned AS bigint[]), "
+                "CAST(:redeemed AS bigint[]), CAST(:tiers AS text[]), CAST(:tzs AS text[]), "
+                "CAST(:cards AS jsonb[])) "
+                "AS u(member_id, available, pending, earned, redeemed, tier, timezone, cards) "
+                "WHERE a.member_id = u.member_id"
+            ),
             {
-                "now": now,
-                "members": members,
-                "available": [c.available for c in changes],
-                "pending": [c.pending for c in changes],
-                "earned": [c.lifetime_earned for c in changes],
-                "redeemed": [c.lifetime_redeemed for c in changes],
+                "now": self.now,
+                "ids": member_ids,
+                "available": [a.available for a, _ in rows],
+                "pending": [a.pending for a, _ in rows],
+                "earned": [a.lifetime_earned for a, _ in rows],
+                "redeemed": [a.lifetime_redeemed for a, _ in rows],
+                "tiers": [m.tier for _, m in rows],
+                "tzs": [m.timezone for _, m in rows],
+                "cards": [_cards_json(m) for _, m in rows],
             },
         )
+
+    async def _write_days(self) -> None:
+        pairs = [
+            (m.member_id, d, m.earned_by_day[d])
+            for m in self.members.values()
+            for d in sorted(m.changed_days)
+        ]
+        if not pairs:
+            return
+        await self.conn.execute(
+            text(
+                "INSERT INTO daily_earnings (member_id, local_date, points) "
+                "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:d AS date[]), "
+                "CAST(:p AS bigint[])) ON CONFLICT (member_id, local_date) "
+                "DO UPDATE SET points = EXCLUDED.points"
+            ),
+            {"m": [p[0] for p in pairs], "d": [p[1] for p in pairs], "p": [p[2] for p in pairs]},
+        )
+        for member in self.members.values():
+            member.changed_days.clear()
+
+    async def _write_orders(self) -> None:
+        if not self.orders:
+            return
+        rows = [asdict(o) for o in self.orders.values()]
+        for row in rows:
+            row["multiplier"] = Decimal(row["multiplier"])
+        await self.conn.execute(
+            text(
+                "INSERT INTO order_points (order_id, member_id, paid_minor, refunded_minor, "
+                "points, per_minor, multiplier, awarded, current, lot_id, cancelled, steps) "
+                "SELECT * FROM unnest(CAST(:order_id AS text[]), CAST(:member_id AS text[]), "
+                "CAST(:paid AS bigint[]), CAST(:refunded AS bigint[]), CAST(:points AS int[]), "
+                "CAST(:per AS int[]), CAST(:mult AS numeric[]), CAST(:awarded AS bigint[]), "
+                "CAST(:current AS bigint[]), CAST(:lot AS text[]), CAST(:cancelled AS bool[]), "
+                "CAST(:steps AS jsonb[])) ON CONFLICT (order_id) DO UPDATE SET "
+                "refunded_minor = EXCLUDED.refunded_minor, current = EXCLUDED.current, "
+                "cancelled = EXCLUDED.cancelled"
+            ),
+            {
+                "order_id": [r["order_id"] for r in rows],
+                "member_id": [r["member_id"] for r in rows],
+                "paid": [r["paid_minor"] for r in rows],
+                "refunded": [r["refunded_minor"] for r in rows],
+                "points": [r["points"] for r in rows],
+                "per": [r["per_minor"] for r in rows],
+                "mult": [r["multiplier"] for r in rows],
+                "awarded": [r["awarded"] for r in rows],
+                "current": [r["current"] for r in rows],
+                "lot": [r["lot_id"] for r in rows],
+                "cancelled": [r["cancelled"] for r in rows],
+                "steps": [orjson.dumps(r["steps"]).decode() for r in rows],
+            },
+        )
+
+
+def _cards_json(member: Member) -> str:
+    return orjson.dumps(
+        {
+            no: {
+                "multiplier": c.multiplier,
+                "expires_at": c.expires_at.isoformat() if c.expires_at else None,
+            }
+            for no, c in member.cards.items()
+        }
+    ).decode()
 
 
 async def read_account(conn: AsyncConnection, member_id: str) -> dict[str, Any] | None:
@@ -64,8 +339,8 @@ async def read_expiring(
     rows = await conn.execute(
         text(
             "SELECT (expires_at AT TIME ZONE 'UTC')::date AS on, sum(remaining) AS points "
-            "FROM points_lots WHERE member_id = :m AND remaining > 0 AND expires_at > :now "
-            "AND available_at <= :now GROUP BY 1 ORDER BY 1"
+            "FROM points_lots WHERE member_id = :m AND remaining > 0 AND state = 'available' "
+            "AND expires_at > :now GROUP BY 1 ORDER BY 1"
         ),
         {"m": member_id, "now": now},
     )

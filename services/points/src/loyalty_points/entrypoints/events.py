@@ -2,15 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
+from ..service_layer.earning import handlers
 
-from loyalty_shared.kafka import Handlers
-from loyalty_shared.service import Runtime
-
-from ..service_layer.earning import on_member_registered
-
-
-def handlers(runtime: Runtime) -> Handlers:
-    table = Handlers()
-    table.by_type["member.registered"] = partial(on_member_registered, runtime)
-    return table
+__all__ = ["handlers"]

@@ -1,12 +1,26 @@
-"""Queries on accounts: balances and the ledger that explains them."""
+"""Use cases on one account: balances, the ledger, redemptions, adjustments."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from loyalty_shared.errors import Conflict, NotFound, Unprocessable
+from loyalty_shared.ids import monotonic_ulid
 from loyalty_shared.service import Runtime
+from sqlalchemy import select, update
 
-from ..adapters.ledger_store import read_account, read_expiring, read_ledger
+from ..adapters.ledger_store import (
+    LedgerBatch,
+    load_rulebook,
+    read_account,
+    read_expiring,
+    read_ledger,
+)
+from ..adapters.tables import lot_portions, redemptions
+from ..domain.ledger import Account, InsufficientPoints, Portion, Source
+from .ledger_events import publish_operations
 
 
 async def account_view(runtime: Runtime, member_id: str) -> dict[str, Any]:
@@ -40,3 +54,127 @@ async def ledger_page(
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (rows[-1]["entry_id"] if more and rows else None)
+
+
+@asynccontextmanager
+async def one_account(
+    runtime: Runtime, member_id: str
+) -> AsyncIterator[tuple[LedgerBatch, Account]]:
+    """A unit of work on one member's ledger: locked, changed in memory, written on exit."""
+    async with runtime.transaction() as conn:
+        batch = LedgerBatch(conn, runtime.clock.now())
+        await batch.load([member_id])
+        yield batch, batch.accounts[member_id]
+        await publish_operations(conn, batch)
+        await batch.flush()
+
+
+def _insufficient(exc: InsufficientPoints) -> Unprocessable:
+    return Unprocessable(
+        "insufficient_points",
+        f"{exc.wanted} points wanted, {exc.available} available",
+        available=exc.available,
+    )
+
+
+async def redeem(
+    runtime: Runtime, *, member_id: str, points: int, reason: str, order_id: str | None
+) -> dict[str, Any]:
+    redemption_id = monotonic_ulid()
+    async with one_account(runtime, member_id) as (batch, account):
+        try:
+            entry = account.redeem(
+                points,
+                entry_id=monotonic_ulid(),
+                reason=reason,
+                source=Source(order_id=order_id, redemption_id=redemption_id),
+                now=batch.now,
+            )
+        except InsufficientPoints as exc:
+            raise _insufficient(exc) from exc
+        await batch.conn.execute(
+            redemptions.insert().values(
+                redemption_id=redemption_id,
+                member_id=member_id,
+                points=points,
+                reason=reason,
+                order_id=order_id,
+                status="redeemed",
+                entry_id=entry.entry_id,
+                created_at=batch.now,
+            )
+        )
+        return {
+            "redemption_id": redemption_id,
+            "member_id": member_id,
+            "points": points,
+            "status": "redeemed",
+            "available_after": account.available,
+        }
+
+
+async def cancel_redemption(runtime: Runtime, redemption_id: str) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        found = (
+            await conn.execute(
+                select(redemptions).where(redemptions.c.redemption_id == redemption_id)
+            )
+        ).first()
+    if found is None:
+        raise NotFound(f"no redemption '{redemption_id}'")
+    async with one_account(runtime, found.member_id) as (batch, account):
+        done = await batch.conn.execute(
+            update(redemptions)
+            .where(redemptions.c.redemption_id == redemption_id, redemptions.c.status == "redeemed")
+            .values(status="cancelled", cancelled_at=batch.now)
+            .returning(redemptions.c.entry_id)
+        )
+        entry_id = done.scalar()
+        if entry_id is None:
+            raise Conflict("redemption_cancelled", "this redemption was cancelled already")
+        rows = (
+            await batch.conn.execute(
+                select(lot_portions).where(lot_portions.c.entry_id == entry_id)
+            )
+        ).all()
+        await batch.load_lots(row.lot_id for row in rows)
+        taken = [Portion(r.entry_id, r.lot_id, r.points, r.expires_at) for r in rows]
+        account.cancel_redemption(
+            taken,
+            entry_id=monotonic_ulid(),
+            source=Source(order_id=found.order_id, redemption_id=redemption_id),
+            now=batch.now,
+        )
+        return {
+            "redemption_id": redemption_id,
+            "member_id": found.member_id,
+            "points": found.points,
+            "status": "cancelled",
+            "available_after": account.available,
+        }
+
+
+async def adjust(
+    runtime: Runtime, *, member_id: str, points: int, reason: str, adjusted_by: str | None
+) -> dict[str, Any]:
+    async with one_account(runtime, member_id) as (batch, account):
+        rules = await load_rulebook(batch.conn)
+        try:
+            entry = account.adjust(
+                points,
+                entry_id=monotonic_ulid(),
+                reason=reason,
+                source=Source(type="adjustment"),
+                now=batch.now,
+                lot_id=monotonic_ulid(),
+                expires_at=rules.lot_expiry(batch.now),
+            )
+        except InsufficientPoints as exc:
+            raise _insufficient(exc) from exc
+        return {
+            "entry_id": entry.entry_id,
+            "member_id": member_id,
+            "points": points,
+            "reason": reason,
+            "available_after": account.available,
+        }

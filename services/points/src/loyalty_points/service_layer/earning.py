@@ -1,40 +1,167 @@
-"""Applies member and order events to the ledger, a whole batch at a time."""
+"""Applies member and order events to the ledger, a whole batch at a time.
+
+For a batch: lock the accounts it touches, apply each event in order in memory by the rules in
+force, then write lots, entries, portions, balances and `points.*` events together.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 from loyalty_shared.events import Event
-from loyalty_shared.events.members import MemberRegistered
+from loyalty_shared.ids import monotonic_ulid
+from loyalty_shared.kafka import Handlers
 from loyalty_shared.service import Runtime
 from sqlalchemy.ext.asyncio import AsyncConnection
-from ulid import ULID
 
-from ..adapters.ledger_store import write_effects
-from ..domain.ledger import EarningRules, Effects
-from ..domain.signup import credit_signup_bonus
+from ..adapters.ledger_store import LedgerBatch, load_rulebook, save_rule
+from ..domain.earning import Card, Earnings, OrderPoints
+from ..domain.ledger import Source
+from ..domain.rules import Rule, TierMultiplierParams, local_date
+from .ledger_events import publish_operations
+
+# Events that name a member whose ledger they change or whose profile they update.
+ORDER_TYPES = ("order.paid", "order.refunded", "order.cancelled")
+MEMBER_TYPES = (
+    "member.registered",
+    "member.updated",
+    "member.tier_changed",
+    "member.card_issued",
+    "member.checked_in",
+    "member.referral_qualified",
+)
 
 
-def _ulid() -> str:
-    return str(ULID())
+def _member_of(event: Event[Any]) -> str | None:
+    return getattr(event.data, "member_id", None)
 
 
-async def on_member_registered(
-    runtime: Runtime, conn: AsyncConnection, events: list[Event[Any]]
+def _source(event: Event[Any], order_id: str | None = None) -> Source:
+    return Source(event_id=event.id, type=event.type, order_id=order_id)
+
+
+async def apply_batch(runtime: Runtime, conn: AsyncConnection, events: list[Event[Any]]) -> None:
+    """The consumer's handler: apply, then write everything and the points.* events."""
+    batch = await apply_in_memory(conn, events, runtime.clock.now())
+    await publish_operations(conn, batch)
+    await batch.flush()
+
+
+async def apply_in_memory(
+    conn: AsyncConnection, events: list[Event[Any]], now: datetime
+) -> LedgerBatch:
+    """Lock the accounts the events touch and apply the events to them in memory, in order.
+    Nothing is written yet: the consumer writes it, a simulation rolls it back."""
+    rulebook = await load_rulebook(conn)
+    earnings = Earnings(rulebook, monotonic_ulid, now)
+    batch = LedgerBatch(conn, now)
+    relevant = [e for e in events if _member_of(e)]
+    await batch.load(_member_of(e) for e in relevant)  # type: ignore[misc]
+    await batch.load_orders(e.data.order_id for e in relevant if e.type in ORDER_TYPES)
+    days = set()
+    for e in relevant:
+        member = batch.members[_member_of(e)]  # type: ignore[index]
+        when = getattr(e.data, "occurred_at", None) or e.time
+        days.add((member.member_id, local_date(when, member.timezone)))
+    await batch.load_days(days)
+
+    tiers_learnt: dict[str, float] = {}
+    for event in relevant:
+        member_id: str = _member_of(event)  # type: ignore[assignment]
+        account, member = batch.accounts[member_id], batch.members[member_id]
+        data = event.data
+        if event.type == "member.registered":
+            member.timezone = data.timezone
+            member.tier = member.tier or data.tier
+            batch.member_changed(member_id)
+            earnings.signup(
+                account, member, source=_source(event), registered_at=data.registered_at
+            )
+        elif event.type == "member.updated":
+            if data.timezone:
+                member.timezone = data.timezone
+                batch.member_changed(member_id)
+        elif event.type == "member.tier_changed":
+            member.tier = data.new_tier
+            tiers_learnt[data.new_tier] = data.points_multiplier
+            batch.member_changed(member_id)
+        elif event.type == "member.card_issued":
+            multiplier = data.benefits.points_multiplier if data.benefits else 1.0
+            member.cards[data.card_no] = Card(multiplier, data.expires_at)
+            batch.member_changed(member_id)
+        elif event.type == "member.checked_in":
+            earnings.checkin(
+                account,
+                member,
+                source=_source(event),
+                streak_days=data.streak_days,
+                occurred_at=data.occurred_at,
+            )
+        elif event.type == "member.referral_qualified":
+            earnings.referral(
+                account, member, source=_source(event, data.order_id), occurred_at=data.occurred_at
+            )
+        elif event.type == "order.paid":
+            if data.order_id in batch.orders:
+                continue  # the same order paid twice (a new event id): it earned already
+            tier = data.member_tier or member.tier
+            multiplier = data.member_tier_multiplier
+            if multiplier is None and tier in tiers_learnt:
+                multiplier = tiers_learnt[tier]
+            batch.orders[data.order_id] = earnings.order_paid(
+                account,
+                member,
+                source=_source(event, data.order_id),
+                order_id=data.order_id,
+                paid_minor=data.paid_minor,
+                occurred_at=data.occurred_at,
+                tier=tier,
+                tier_multiplier=multiplier,
+            )
+        elif event.type == "order.refunded":
+            order = batch.orders.get(data.order_id)
+            if order is None:
+                continue  # never earned (paid before the points service knew the member)
+            order.refunded_minor = max(order.refunded_minor, data.refunded_total_minor)
+            earnings.settle_order(
+                account,
+                order,
+                source=_source(event, data.order_id),
+                reason=f"order {data.order_id} refunded",
+            )
+        elif event.type == "order.cancelled":
+            cancelled: OrderPoints | None = batch.orders.get(data.order_id)
+            if cancelled is None:
+                continue
+            cancelled.cancelled = True
+            earnings.settle_order(
+                account,
+                cancelled,
+                source=_source(event, data.order_id),
+                reason=f"order {data.order_id} cancelled",
+            )
+    if tiers_learnt:
+        await _learn_tier_multipliers(conn, rulebook.rules["tier_multiplier"], tiers_learnt, now)
+    return batch
+
+
+async def _learn_tier_multipliers(
+    conn: AsyncConnection, rule: Rule, learnt: dict[str, float], now: Any
 ) -> None:
-    rules = EarningRules()
-    now = runtime.clock.now()
-    effects = Effects()
-    for event in events:
-        data: MemberRegistered = event.data
-        credit_signup_bonus(
-            effects,
-            member_id=data.member_id,
-            event_id=event.id,
-            registered_at=data.registered_at,
-            recorded_at=now,
-            rules=rules,
-            lot_id=_ulid(),
-            entry_id=_ulid(),
-        )
-    await write_effects(conn, effects, now)
+    """The member service owns the ladder; its tier_changed events tell us each multiplier."""
+    known = dict(rule.params.multipliers)
+    if all(known.get(t) == m for t, m in learnt.items()):
+        return
+    known.update(learnt)
+    await save_rule(
+        conn, Rule(rule.code, rule.enabled, TierMultiplierParams(multipliers=known)), now
+    )
+
+
+def handlers(runtime: Runtime) -> Handlers:
+    table = Handlers()
+    for event_type in MEMBER_TYPES + ORDER_TYPES:
+        table.by_type[event_type] = partial(apply_batch, runtime)
+    return table

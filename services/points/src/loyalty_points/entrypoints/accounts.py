@@ -1,0 +1,168 @@
+"""HTTP routes for accounts: balances, the ledger behind them, adjustments, liability."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+from loyalty_shared.auth import Principal, Scope, require_scope
+from loyalty_shared.service import RuntimeDep
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..service_layer.accounts import account_view, adjust, ledger_page
+from ..service_layer.reports import liability
+
+router = APIRouter(prefix="/v1", tags=["accounts"])
+
+
+class Expiring(BaseModel):
+    on: date
+    points: int
+
+
+class AccountPublic(BaseModel):
+    member_id: str
+    available: int
+    pending: int
+    lifetime_earned: int
+    lifetime_redeemed: int
+    expiring: list[Expiring]
+    tier: str | None
+
+
+class EntrySource(BaseModel):
+    event_id: str | None
+    type: str | None
+    order_id: str | None = None
+    redemption_id: str | None = None
+
+
+class LedgerEntryPublic(BaseModel):
+    entry_id: str
+    kind: Literal["earn", "release", "redeem", "reverse", "expire", "adjust"]
+    bucket: Literal["available", "pending"] = Field(
+        description="the balance the entry changes; a release moves pending to available"
+    )
+    points: int
+    reason: str
+    rule: str | None
+    source: EntrySource
+    lot_id: str | None
+    created_at: datetime
+    occurred_at: datetime | None = None
+    available_at: datetime | None = None
+    expires_at: datetime | None = None
+    capped_points: int = Field(default=0, description="earned above the daily cap, not credited")
+
+
+class LedgerPage(BaseModel):
+    items: list[LedgerEntryPublic]
+    next_cursor: str | None
+
+
+@router.get(
+    "/accounts/{member_id}",
+    response_model=AccountPublic,
+    dependencies=[Scope("members:read")],
+    summary="A member's points balances",
+)
+async def get_account(member_id: str, runtime: RuntimeDep) -> AccountPublic:
+    return AccountPublic(**await account_view(runtime, member_id))
+
+
+@router.get(
+    "/accounts/{member_id}/ledger",
+    response_model=LedgerPage,
+    dependencies=[Scope("members:read")],
+    summary="Every entry behind the balances",
+)
+async def get_ledger(
+    member_id: str,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> LedgerPage:
+    rows, next_cursor = await ledger_page(runtime, member_id, limit, cursor)
+    items = [
+        LedgerEntryPublic(
+            **{
+                k: r[k]
+                for k in (
+                    "entry_id",
+                    "kind",
+                    "bucket",
+                    "points",
+                    "reason",
+                    "rule",
+                    "lot_id",
+                    "created_at",
+                    "occurred_at",
+                    "available_at",
+                    "expires_at",
+                    "capped_points",
+                )
+            },
+            source=EntrySource(
+                event_id=r["source_event_id"],
+                type=r["source_type"],
+                order_id=r["order_id"],
+                redemption_id=r["redemption_id"],
+            ),
+        )
+        for r in rows
+    ]
+    return LedgerPage(items=items, next_cursor=next_cursor)
+
+
+class AdjustmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    points: int = Field(description="signed: a grant (> 0) or a deduction (< 0)")
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S")
+
+    @field_validator("points")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0 or abs(value) > 10**9:
+            raise ValueError("must be a non-zero number of points (at most 10^9)")
+        return value
+
+
+class AdjustmentPublic(BaseModel):
+    entry_id: str
+    member_id: str
+    points: int
+    reason: str
+    available_after: int
+
+
+@router.post(
+    "/accounts/{member_id}/adjustments",
+    status_code=201,
+    response_model=AdjustmentPublic,
+    summary="Grant or deduct points by hand (a reason is required)",
+)
+async def post_adjustment(
+    member_id: Annotated[str, Path(max_length=32)],
+    body: AdjustmentCreate,
+    runtime: RuntimeDep,
+    principal: Annotated[Principal, Depends(require_scope("points:write"))],
+) -> AdjustmentPublic:
+    result = await adjust(
+        runtime,
+        member_id=member_id,
+        points=body.points,
+        reason=body.reason.strip(),
+        adjusted_by=principal.key_id,
+    )
+    return AdjustmentPublic(**result)
+
+
+@router.get(
+    "/reports/liability",
+    dependencies=[Scope("members:read")],
+    summary="Outstanding points (available and pending) and breakage by month",
+)
+async def get_liability(runtime: RuntimeDep) -> dict[str, Any]:
+    return await liability(runtime)

@@ -1,0 +1,39 @@
+"""Reports over the whole ledger: the programme's outstanding liability and its breakage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loyalty_shared.service import Runtime
+from sqlalchemy import text
+
+
+async def liability(runtime: Runtime) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        totals = (
+            await conn.execute(
+                text(
+                    "SELECT coalesce(sum(greatest(available, 0)), 0) AS available, "
+                    "coalesce(sum(pending), 0) AS pending, "
+                    "coalesce(sum(least(available, 0)), 0) AS negative, "
+                    "count(*) FILTER (WHERE available < 0) AS members_negative FROM accounts"
+                )
+            )
+        ).one()
+        expired = await conn.execute(
+            text(
+                "SELECT to_char(date_trunc('month', created_at AT TIME ZONE 'UTC'), 'YYYY-MM') "
+                "AS month, -sum(points) AS points FROM ledger_entries WHERE kind = 'expire' "
+                "GROUP BY 1 ORDER BY 1"
+            )
+        )
+        return {
+            "points": {
+                "available": int(totals.available),
+                "pending": int(totals.pending),
+                "negative_balances": int(-totals.negative),
+                "members_with_negative_balance": int(totals.members_negative),
+                "outstanding": int(totals.available) + int(totals.pending),
+            },
+            "expired_by_month": [{"month": r.month, "points": int(r.points)} for r in expired],
+        }
