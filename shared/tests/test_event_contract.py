@@ -39,6 +39,10 @@ CONTRACT: dict[str, tuple[str, ...]] = {
         "member.card_issued",
         "member.tier_changed",
         "member.referral_qualified",
+        # Added after contract.md section 2 was written (additive): feedback.
+        "member.survey_answered",
+        "member.complaint_opened",
+        "member.complaint_status_changed",
     ),
     ORDERS: (
         "order.placed",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from .registry import MEMBERS, EventData, event_type
 
 CardPlanKind = Literal["free", "paid", "tier", "internal"]
+CardIssueAction = Literal["issued", "bound", "renewed", "replaced"]
 TierChangeReason = Literal["upgrade", "downgrade", "manual"]
+TierMetric = Literal["spend_365d", "lifetime_points", "order_count_365d"]
 
 
 @event_type("member.registered", topic=MEMBERS)
@@ -177,6 +179,7 @@ class MemberCardIssued(EventData):
                     "card_no": "8800098765432",
                     "plan_code": "annual-plus",
                     "plan_kind": "paid",
+                    "action": "issued",
                     "valid_from": "2026-12-01T00:00:00+08:00",
                     "expires_at": "2027-12-01T00:00:00+08:00",
                     "price_minor": 19900,
@@ -196,6 +199,13 @@ class MemberCardIssued(EventData):
     card_no: str
     plan_code: str
     plan_kind: CardPlanKind = Field(description="free, paid (bought for a term), tier, internal")
+    action: CardIssueAction | None = Field(
+        default=None,
+        description=(
+            "issued: a new card; bound: a physical card bound to the member; renewed: a paid "
+            "card's validity extended; replaced: the tier card now carries another tier's plan"
+        ),
+    )
     valid_from: AwareDatetime | None = None
     expires_at: AwareDatetime | None = Field(
         default=None, description="end of validity; none for cards that do not expire"
@@ -224,6 +234,8 @@ class MemberTierChanged(EventData):
                     "reason": "upgrade",
                     "points_multiplier": 1.2,
                     "qualifying_spend_minor": 104500,
+                    "metric": "spend_365d",
+                    "metric_value": 104500,
                     "currency": "CNY",
                     "order_id": "01JDQ4A2B3C4D5E6F7G8H9J0K1",
                     "occurred_at": "2026-11-24T02:15:30Z",
@@ -239,6 +251,16 @@ class MemberTierChanged(EventData):
     points_multiplier: float = Field(ge=0, description="purchase points multiplier of new_tier")
     qualifying_spend_minor: int | None = Field(
         default=None, ge=0, description="rolling 365-day spend that decided the change"
+    )
+    metric: TierMetric | None = Field(
+        default=None,
+        description=(
+            "what the ladder measures: spend_365d (minor units), lifetime_points (points "
+            "earned, net of reversals) or order_count_365d (paid orders)"
+        ),
+    )
+    metric_value: int | None = Field(
+        default=None, ge=0, description="the member's value of `metric` that decided the change"
     )
     currency: str = "CNY"
     order_id: str | None = Field(
@@ -270,3 +292,146 @@ class MemberReferralQualified(EventData):
     referred_member_id: str = Field(description="the new member who was referred")
     order_id: str = Field(description="the referred member's first paid order")
     occurred_at: AwareDatetime = Field(description="when that order was paid")
+
+
+RecommendLevel = Literal["very_likely", "possible", "unlikely"]
+ComplaintStatus = Literal["received", "acknowledged", "investigating", "resolved", "closed"]
+ComplaintCategory = Literal["product", "service", "delivery", "payment", "loyalty", "other"]
+
+
+@event_type("member.survey_answered", topic=MEMBERS)
+class MemberSurveyAnswered(EventData):
+    """A member answered a satisfaction survey: a 1-5 satisfaction score, a 0-10 recommend
+    likelihood, or both. The free-text comment never travels; `has_comment` says one exists."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "survey_id": "01JDR0B9X2C4D6F8G0H2J4K6M8",
+                    "score": 4,
+                    "recommend": 9,
+                    "recommend_level": "very_likely",
+                    "order_id": "01JDQ4A2B3C4D5E6F7G8H9J0K1",
+                    "ticket_id": None,
+                    "has_comment": True,
+                    "occurred_at": "2026-11-25T11:03:00Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str
+    survey_id: str
+    score: int | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description=(
+            "satisfaction: 1 very dissatisfied, 2 dissatisfied, 3 neutral, 4 satisfied, "
+            "5 very satisfied; absent when only the recommend question was answered"
+        ),
+    )
+    recommend: int | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="likelihood to recommend us, 0-10; absent when not answered",
+    )
+    recommend_level: RecommendLevel | None = Field(
+        default=None,
+        description="recommend in three levels: 9-10 very_likely, 7-8 possible, 0-6 unlikely",
+    )
+    order_id: str | None = Field(default=None, description="the order the survey was about")
+    ticket_id: str | None = Field(
+        default=None, description="the complaint ticket the survey followed up"
+    )
+    has_comment: bool = Field(
+        default=False, description="the member left a comment (its text stays in the service)"
+    )
+    occurred_at: AwareDatetime
+
+    @model_validator(mode="after")
+    def _answers_something(self) -> Self:
+        if self.score is None and self.recommend is None:
+            raise ValueError("a survey answer has a score, a recommend likelihood or both")
+        return self
+
+
+@event_type("member.complaint_opened", topic=MEMBERS)
+class MemberComplaintOpened(EventData):
+    """A complaint ticket was opened for a member (status `received`). Its subject and
+    description are free text and stay in the member service."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "ticket_id": "01JDR2K4M6P8R0T2V4X6Z8B0D2",
+                    "category": "delivery",
+                    "channel": "phone",
+                    "order_id": "01JDQ4A2B3C4D5E6F7G8H9J0K1",
+                    "timezone": "Asia/Shanghai",
+                    "response_due_at": "2026-11-30T07:30:00Z",
+                    "occurred_at": "2026-11-27T07:30:00Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str
+    ticket_id: str
+    category: ComplaintCategory = "other"
+    channel: str | None = Field(
+        default=None, description="where it was received, e.g. store, phone, online, wechat"
+    )
+    order_id: str | None = Field(default=None, description="the order complained about")
+    timezone: str = Field(
+        default="Asia/Shanghai", description="IANA timezone the response deadline was set in"
+    )
+    response_due_at: AwareDatetime = Field(
+        description="the first response is due one working day after receipt"
+    )
+    occurred_at: AwareDatetime = Field(description="when the complaint was received")
+
+
+@event_type("member.complaint_status_changed", topic=MEMBERS)
+class MemberComplaintStatusChanged(EventData):
+    """A complaint ticket moved forward: received -> acknowledged -> investigating ->
+    resolved -> closed (steps may be skipped; closed is final). Notes stay in the service."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JDQ3M7K8V2X9Y4Z5A6B7C8D9",
+                    "ticket_id": "01JDR2K4M6P8R0T2V4X6Z8B0D2",
+                    "old_status": "received",
+                    "new_status": "acknowledged",
+                    "first_response": True,
+                    "responded_in_time": True,
+                    "response_due_at": "2026-11-30T07:30:00Z",
+                    "occurred_at": "2026-11-28T02:10:00Z",
+                }
+            ]
+        },
+    )
+
+    member_id: str
+    ticket_id: str
+    old_status: ComplaintStatus
+    new_status: ComplaintStatus
+    first_response: bool = Field(
+        default=False, description="this move took the ticket out of `received`"
+    )
+    responded_in_time: bool | None = Field(
+        default=None,
+        description="for the first response: whether it came by response_due_at",
+    )
+    response_due_at: AwareDatetime
+    occurred_at: AwareDatetime

@@ -1,7 +1,100 @@
-"""HTTP routes for checkins (see the service README)."""
+"""HTTP routes for daily check-ins (see the service README)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+from loyalty_shared.auth import Scope
+from loyalty_shared.service import RuntimeDep
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from ..service_layer.checkins import CheckIn, check_in, invalid, list_checkins
 
 router = APIRouter(prefix="/v1", tags=["checkins"])
+
+
+class CheckInCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    occurred_at: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "when the member checked in (default: now); the past is fine (imports), more than "
+            "5 minutes ahead is refused"
+        ),
+    )
+
+
+class CheckInPublic(BaseModel):
+    member_id: str
+    date: dt.date = Field(description="the check-in day in the member's timezone")
+    streak_days: int = Field(description="consecutive days including this one, as recorded")
+    timezone: str
+    occurred_at: dt.datetime
+
+
+class CheckInPage(BaseModel):
+    items: list[CheckInPublic]
+    next_cursor: str | None
+    streak_days: int = Field(
+        description="the current streak: the run ending today, or yesterday if not yet today"
+    )
+    today: dt.date = Field(description="today in the member's timezone")
+    checked_in_today: bool
+
+
+def _public(row: dict) -> CheckInPublic:
+    return CheckInPublic(
+        member_id=row["member_id"],
+        date=row["local_date"],
+        streak_days=row["streak_days"],
+        timezone=row["timezone"],
+        occurred_at=row["occurred_at"],
+    )
+
+
+@router.post(
+    "/members/{member_id}/check-ins",
+    status_code=201,
+    response_model=CheckInPublic,
+    dependencies=[Scope("events:write")],
+    summary="Check a member in for the day",
+    responses={
+        404: {"description": "unknown or erased member (`not_found`)"},
+        409: {"description": "the member's local day has a check-in (`already_checked_in`)"},
+        422: {"description": "`validation_error`, e.g. occurred_at more than 5 minutes ahead"},
+    },
+)
+async def create_check_in(
+    member_id: str,
+    runtime: RuntimeDep,
+    body: Annotated[CheckInCreate | None, Body()] = None,
+) -> CheckInPublic:
+    row = await check_in(
+        runtime, CheckIn(member_id=member_id, occurred_at=body.occurred_at if body else None)
+    )
+    return _public(row)
+
+
+@router.get(
+    "/members/{member_id}/check-ins",
+    response_model=CheckInPage,
+    dependencies=[Scope("members:read")],
+    summary="A member's check-ins, newest first, and the current streak",
+)
+async def get_check_ins(
+    member_id: str,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> CheckInPage:
+    before = None
+    if cursor is not None:
+        try:
+            before = dt.date.fromisoformat(cursor)
+        except ValueError as exc:
+            raise invalid(["query", "cursor"], "not a cursor from this list") from exc
+    page = await list_checkins(runtime, member_id, limit=limit, before=before)
+    return CheckInPage(**{**page, "items": [_public(row) for row in page["items"]]})
