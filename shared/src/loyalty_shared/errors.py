@@ -30,17 +30,30 @@ _STATUS_CODES = {
 }
 
 
+RESERVED_MEMBERS = frozenset({"type", "title", "status", "detail", "code", "instance"})
+
+
 class ProblemError(Exception):
     """Raise anywhere in a request to answer with a problem document."""
 
     def __init__(
-        self, status: int, code: str, detail: str, *, title: str | None = None, **extra: Any
+        self,
+        http_status: int,
+        code: str,
+        detail: str,
+        /,
+        *,
+        title: str | None = None,
+        **extra: Any,
     ) -> None:
+        clash = RESERVED_MEMBERS & set(extra)
+        if clash:  # a programming error: it would overwrite the problem's own members
+            raise ValueError(f"problem extension members may not be named {sorted(clash)}")
         super().__init__(detail)
-        self.status = status
+        self.status = http_status
         self.code = code
         self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
+        self.title = title or HTTPStatus(http_status).phrase
         self.extra = extra
 
 
