@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..adapters.tables import identities, members
 from ..domain.members import InvalidPhone, normalise_phone
 from .events import emit
+from .feedback import erase_feedback_text
 
 PERSONAL_FIELDS = ("phone", "email", "name", "birthday")
 # Fields whose new values other services need (they carry no personal data); for the others,
@@ -121,6 +122,7 @@ async def erase_member(runtime: Runtime, member_id: str, reason: str | None = No
             .values(**dict.fromkeys(PERSONAL_FIELDS), consents={}, erased_at=now, updated_at=now)
         )
         await conn.execute(delete(identities).where(identities.c.member_id == member_id))
+        await erase_feedback_text(conn, member_id)
         await emit(
             conn,
             "member.erased",

@@ -47,6 +47,17 @@ async def load_ladder(conn: AsyncConnection) -> TierLadder:
     return TierLadder.build(row.metric, [Tier.from_json(t) for t in row.tiers])
 
 
+async def signup_tier(conn: AsyncConnection) -> str:
+    """The tier a new member starts on: the lowest of the current ladder."""
+    return (await load_ladder(conn)).lowest.code
+
+
+async def points_multiplier_of(conn: AsyncConnection, tier: str) -> float | None:
+    """The purchase points multiplier of a tier on the current ladder (None: not on it)."""
+    found = (await load_ladder(conn)).tier(tier)
+    return found.points_multiplier if found else None
+
+
 async def ladder_view(runtime: Runtime) -> dict[str, Any]:
     async with runtime.engine.connect() as conn:
         row = (await conn.execute(select(tier_ladder).where(tier_ladder.c.id == 1))).first()

@@ -1,0 +1,140 @@
+"""HTTP routes for the tier ladder and a member's standing on it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter
+from loyalty_shared.auth import Scope
+from loyalty_shared.errors import NotFound
+from loyalty_shared.service import RuntimeDep
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..domain.tiers import Tier, TierBenefits
+from ..service_layer.tiers import ladder_view, replace_ladder, tier_progress
+
+router = APIRouter(prefix="/v1", tags=["tiers"])
+
+Metric = Literal["spend_365d", "lifetime_points", "order_count_365d"]
+
+
+class TierBenefitsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    discount_percent: int = Field(default=0, ge=0, le=100, description="member discount, % off")
+    free_shipping: bool = False
+
+
+class TierIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=64, description="lowercase a-z 0-9 - _, ≤ 32")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]*$")
+    threshold: int = Field(
+        le=10**15, description="the metric's value from which a member holds this tier"
+    )
+    points_multiplier: float = Field(description="purchase points multiplier, 1.0 to 10.0")
+    benefits: TierBenefitsIn | None = Field(
+        default=None, description="carried by the member's tier card (`member.card_issued`)"
+    )
+
+
+class LadderUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Metric = Field(
+        description=(
+            "spend_365d: net paid minor units in a rolling 365 days; lifetime_points: points "
+            "earned, net of refunds' reversals; order_count_365d: paid orders in 365 days"
+        )
+    )
+    tiers: list[TierIn] = Field(description="lowest first; thresholds start at 0 and increase")
+
+
+class TierBenefitsPublic(BaseModel):
+    discount_percent: int
+    free_shipping: bool
+
+
+class TierPublic(BaseModel):
+    code: str
+    name: str
+    threshold: int
+    points_multiplier: float
+    benefits: TierBenefitsPublic
+
+
+class LadderPublic(BaseModel):
+    metric: Metric
+    tiers: list[TierPublic]
+    updated_at: datetime | None
+
+
+class NextTier(BaseModel):
+    code: str
+    name: str
+    threshold: int
+    remaining: int = Field(description="how much more of the metric the next tier needs")
+
+
+class TierProgress(BaseModel):
+    member_id: str
+    tier: str
+    points_multiplier: float
+    metric: Metric
+    value: int = Field(description="the member's value of the ladder's metric now")
+    as_of: datetime
+    qualified_tier: str = Field(
+        description="the tier the value reaches now (lower than `tier` until tier-review runs)"
+    )
+    next_tier: NextTier | None
+
+
+@router.get(
+    "/tiers",
+    response_model=LadderPublic,
+    dependencies=[Scope("members:read")],
+    summary="The tier ladder",
+)
+async def read_ladder(runtime: RuntimeDep) -> LadderPublic:
+    return LadderPublic(**await ladder_view(runtime))
+
+
+@router.put(
+    "/tiers",
+    response_model=LadderPublic,
+    dependencies=[Scope("admin")],
+    summary="Set the tier ladder",
+    description=(
+        "Validated as a whole (422 `validation_error`): at least one tier, unique codes, the "
+        "first threshold 0, thresholds strictly increasing, multipliers from 1.0 to 10.0. "
+        "Moves nobody by itself: a member rises on their next paid order (or points credit "
+        "under lifetime_points) and falls in the next `tier-review`."
+    ),
+)
+async def put_ladder(body: LadderUpdate, runtime: RuntimeDep) -> LadderPublic:
+    tiers = [
+        Tier(
+            code=t.code,
+            name=t.name,
+            threshold=t.threshold,
+            points_multiplier=t.points_multiplier,
+            benefits=TierBenefits(**(t.benefits.model_dump() if t.benefits else {})),
+        )
+        for t in body.tiers
+    ]
+    return LadderPublic(**await replace_ladder(runtime, body.metric, tiers))
+
+
+@router.get(
+    "/members/{member_id}/tier",
+    response_model=TierProgress,
+    dependencies=[Scope("members:read")],
+    summary="A member's tier, metric and what the next tier needs",
+)
+async def read_member_tier(member_id: str, runtime: RuntimeDep) -> TierProgress:
+    progress = await tier_progress(runtime, member_id)
+    if progress is None:
+        raise NotFound(f"no member '{member_id}'")
+    return TierProgress(**progress)
