@@ -60,6 +60,9 @@ CONTRACT: dict[str, tuple[str, ...]] = {
         "points.expired",
         "points.expiring_soon",
         "points.adjusted",
+        "stored_value.topped_up",
+        "stored_value.spent",
+        "stored_value.refunded",
     ),
     COUPONS: (
         "coupon.issued",

@@ -8,7 +8,7 @@ from loyalty_shared.service import ServiceDefinition
 
 import loyalty_points
 
-from .entrypoints import accounts, redemptions, rules
+from .entrypoints import accounts, redemptions, rules, stored_value
 from .entrypoints.events import handlers
 from .service_layer.jobs import JOBS
 
@@ -19,7 +19,7 @@ def definition() -> ServiceDefinition:
         title="Loyalty points service",
         description="Points and stored-value ledgers, earning rules, expiry, redemptions.",
         migrations=migrations_dir(loyalty_points.__file__),
-        routers=[accounts.router, redemptions.router, rules.router],
+        routers=[accounts.router, redemptions.router, rules.router, stored_value.router],
         publishes=[POINTS],
         consumes=[MEMBERS, ORDERS],
         handlers=handlers,

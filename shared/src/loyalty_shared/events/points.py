@@ -389,3 +389,90 @@ class PointsAdjusted(_Balances):
             raise ValueError("an adjustment changes the balance")
         _check_portions(self.points, self.entries)
         return self
+
+
+class _StoredValue(EventData):
+    member_id: str
+    currency: str = "CNY"
+    balance_after_minor: int = Field(ge=0, description="the stored-value balance after this")
+    occurred_at: AwareDatetime
+
+
+@event_type("stored_value.topped_up", topic=POINTS)
+class StoredValueToppedUp(_StoredValue):
+    """Money was put on a member's stored-value balance, with any top-up bonus."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": _MEMBER,
+                    "top_up_id": "01JE0B1C2D3E4F5G6H7J8K9M0N",
+                    "external_id": "POS-17-000123",
+                    "amount_minor": 10000,
+                    "bonus_minor": 1000,
+                    "currency": "CNY",
+                    "balance_after_minor": 11000,
+                    "occurred_at": "2026-12-04T01:00:00Z",
+                }
+            ]
+        },
+    )
+
+    top_up_id: str
+    external_id: str
+    amount_minor: int = Field(gt=0)
+    bonus_minor: int = Field(ge=0)
+
+
+@event_type("stored_value.spent", topic=POINTS)
+class StoredValueSpent(_StoredValue):
+    """Stored value paid for (part of) an order."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": _MEMBER,
+                    "spend_id": "01JE0C1D2E3F4G5H6J7K8M9N0P",
+                    "amount_minor": 4500,
+                    "order_id": "01JDQ4A2B3C4D5E6F7G8H9J0K1",
+                    "currency": "CNY",
+                    "balance_after_minor": 6500,
+                    "occurred_at": "2026-12-05T03:00:00Z",
+                }
+            ]
+        },
+    )
+
+    spend_id: str
+    amount_minor: int = Field(gt=0)
+    order_id: str | None = None
+
+
+@event_type("stored_value.refunded", topic=POINTS)
+class StoredValueRefunded(_StoredValue):
+    """A spend was refunded: the money went back on the balance."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": _MEMBER,
+                    "spend_id": "01JE0C1D2E3F4G5H6J7K8M9N0P",
+                    "amount_minor": 4500,
+                    "order_id": "01JDQ4A2B3C4D5E6F7G8H9J0K1",
+                    "currency": "CNY",
+                    "balance_after_minor": 11000,
+                    "occurred_at": "2026-12-06T03:00:00Z",
+                }
+            ]
+        },
+    )
+
+    spend_id: str
+    amount_minor: int = Field(gt=0)
+    order_id: str | None = None

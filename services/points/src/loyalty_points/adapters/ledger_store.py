@@ -17,16 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..domain.earning import Card, Member, OrderPoints
 from ..domain.ledger import Account, Lot
 from ..domain.rules import PARAMS, Rule, Rulebook, default_rules
-from .tables import (
-    accounts,
-    earning_rules,
-    ledger_entries,
-    lot_portions,
-    order_points,
-    points_lots,
-)
+from .tables import POINTS_LEDGER, LedgerTables, earning_rules, order_points
 
-_LOT_COLUMNS = [c.name for c in points_lots.columns]
+_LOT_COLUMNS = [c.name for c in POINTS_LEDGER.lots.columns]
 
 
 def _lot(row: Any) -> Lot:
@@ -62,9 +55,12 @@ async def save_rule(conn: AsyncConnection, rule: Rule, now: datetime) -> None:
 class LedgerBatch:
     """One unit of work over some members' ledgers."""
 
-    def __init__(self, conn: AsyncConnection, now: datetime) -> None:
+    def __init__(
+        self, conn: AsyncConnection, now: datetime, ledger: LedgerTables = POINTS_LEDGER
+    ) -> None:
         self.conn = conn
         self.now = now
+        self.ledger = ledger
         self.accounts: dict[str, Account] = {}
         self.members: dict[str, Member] = {}
         self.orders: dict[str, OrderPoints] = {}
@@ -81,16 +77,16 @@ class LedgerBatch:
         # requests touching the same members queue instead of deadlocking.
         await self.conn.execute(
             text(
-                "INSERT INTO accounts (member_id, available, pending, lifetime_earned, "
-                "lifetime_redeemed, updated_at) SELECT m, 0, 0, 0, 0, :now "
+                f"INSERT INTO {self.ledger.accounts.name} (member_id, available, pending, "
+                "lifetime_earned, lifetime_redeemed, updated_at) SELECT m, 0, 0, 0, 0, :now "
                 "FROM unnest(CAST(:members AS text[])) AS m ORDER BY m ON CONFLICT DO NOTHING"
             ),
             {"members": wanted, "now": self.now},
         )
         rows = await self.conn.execute(
-            select(accounts)
-            .where(accounts.c.member_id.in_(wanted))
-            .order_by(accounts.c.member_id)
+            select(self.ledger.accounts)
+            .where(self.ledger.accounts.c.member_id.in_(wanted))
+            .order_by(self.ledger.accounts.c.member_id)
             .with_for_update()
         )
         for row in rows:
@@ -114,8 +110,8 @@ class LedgerBatch:
                 },
             )
         lots = await self.conn.execute(
-            select(points_lots).where(
-                points_lots.c.member_id.in_(wanted), points_lots.c.remaining > 0
+            select(self.ledger.lots).where(
+                self.ledger.lots.c.member_id.in_(wanted), self.ledger.lots.c.remaining > 0
             )
         )
         for row in lots:
@@ -127,7 +123,7 @@ class LedgerBatch:
         if not ids:
             return
         for row in await self.conn.execute(
-            select(points_lots).where(points_lots.c.lot_id.in_(ids))
+            select(self.ledger.lots).where(self.ledger.lots.c.lot_id.in_(ids))
         ):
             account = self.accounts[row.member_id]
             account.lots.setdefault(row.lot_id, _lot(row))
@@ -172,13 +168,14 @@ class LedgerBatch:
         new_lots = [lot for a in changed for lot in a.new_lots]
         new_ids = {lot.lot_id for lot in new_lots}
         if new_lots:
-            await insert_many(self.conn, points_lots, [asdict(lot) for lot in new_lots])
+            await insert_many(self.conn, self.ledger.lots, [asdict(lot) for lot in new_lots])
         updated = [a.lots[i] for a in changed for i in a.changed_lots if i not in new_ids]
         if updated:
             await self.conn.execute(
                 text(
-                    "UPDATE points_lots l SET remaining = u.remaining, state = u.state, "
-                    "notified_at = u.notified_at FROM unnest(CAST(:ids AS text[]), "
+                    f"UPDATE {self.ledger.lots.name} l SET remaining = u.remaining, "
+                    "state = u.state, notified_at = u.notified_at "
+                    "FROM unnest(CAST(:ids AS text[]), "
                     "CAST(:remaining AS bigint[]), CAST(:states AS text[]), "
                     "CAST(:notified AS timestamptz[])) AS u(lot_id, remaining, state, notified_at) "
                     "WHERE l.lot_id = u.lot_id"
@@ -194,7 +191,7 @@ class LedgerBatch:
         if entries:
             await insert_many(
                 self.conn,
-                ledger_entries,
+                self.ledger.entries,
                 [
                     {
                         "entry_id": e.entry_id,
@@ -220,7 +217,7 @@ class LedgerBatch:
             )
         portions = [p for a in changed for p in a.portions]
         if portions:
-            await insert_many(self.conn, lot_portions, [asdict(p) for p in portions])
+            await insert_many(self.conn, self.ledger.portions, [asdict(p) for p in portions])
         touched = sorted({a.member_id for a in changed} | self._member_changed)
         if touched:
             await self._write_accounts(touched)
@@ -238,8 +235,9 @@ class LedgerBatch:
         rows = [(self.accounts[m], self.members[m]) for m in member_ids]
         await self.conn.execute(
             text(
-                "UPDATE accounts a SET available = u.available, pending = u.pending, "
-                "lifetime_earned = u.earned, lifetime_redeemed = u.redeemed, tier = u.tier, "
+                f"UPDATE {self.ledger.accounts.name} a SET available = u.available, "
+                "pending = u.pending, lifetime_earned = u.earned, "
+                "lifetime_redeemed = u.redeemed, tier = u.tier, "
                 "timezone = u.timezone, cards = u.cards, updated_at = :now "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:available AS bigint[]), "
                 "CAST(:pending AS bigint[]), CAST(:earned AS bigint[]), "
@@ -328,8 +326,11 @@ def _cards_json(member: Member) -> str:
     ).decode()
 
 
-async def read_account(conn: AsyncConnection, member_id: str) -> dict[str, Any] | None:
-    row = (await conn.execute(select(accounts).where(accounts.c.member_id == member_id))).first()
+async def read_account(
+    conn: AsyncConnection, member_id: str, ledger: LedgerTables = POINTS_LEDGER
+) -> dict[str, Any] | None:
+    table = ledger.accounts
+    row = (await conn.execute(select(table).where(table.c.member_id == member_id))).first()
     return dict(row._mapping) if row else None
 
 
@@ -348,10 +349,15 @@ async def read_expiring(
 
 
 async def read_ledger(
-    conn: AsyncConnection, member_id: str, limit: int, after: str | None
+    conn: AsyncConnection,
+    member_id: str,
+    limit: int,
+    after: str | None,
+    ledger: LedgerTables = POINTS_LEDGER,
 ) -> list[dict[str, Any]]:
-    query = select(ledger_entries).where(ledger_entries.c.member_id == member_id)
+    entries = ledger.entries
+    query = select(entries).where(entries.c.member_id == member_id)
     if after:
-        query = query.where(ledger_entries.c.entry_id < after)
-    query = query.order_by(ledger_entries.c.entry_id.desc()).limit(limit)
+        query = query.where(entries.c.entry_id < after)
+    query = query.order_by(entries.c.entry_id.desc()).limit(limit)
     return [dict(r._mapping) for r in await conn.execute(query)]

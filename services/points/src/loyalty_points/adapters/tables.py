@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -126,4 +128,57 @@ redemptions = Table(
     Column("entry_id", String(32), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("cancelled_at", DateTime(timezone=True)),
+)
+
+
+# --- stored value: a second asset on the same ledger engine (minor units, lots never expire) ---
+def _same_shape(name: str, like: Table) -> Table:
+    return Table(name, metadata, *[column._copy() for column in like.columns])
+
+
+value_accounts = _same_shape("value_accounts", accounts)
+value_lots = _same_shape("value_lots", points_lots)
+value_entries = _same_shape("value_entries", ledger_entries)
+value_portions = _same_shape("value_portions", lot_portions)
+
+top_ups = Table(
+    "top_ups",
+    metadata,
+    Column("top_up_id", String(32), primary_key=True),
+    Column("member_id", String(32), nullable=False),
+    Column("external_id", String(128), nullable=False, unique=True),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("bonus_minor", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+value_spends = Table(
+    "value_spends",
+    metadata,
+    Column("spend_id", String(32), primary_key=True),
+    Column("member_id", String(32), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("order_id", String(64)),
+    Column("reason", String(500), nullable=False),
+    Column("status", String(16), nullable=False),  # spent | refunded
+    Column("entry_id", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("refunded_at", DateTime(timezone=True)),
+)
+
+
+@dataclass(frozen=True)
+class LedgerTables:
+    """The four tables of one asset's ledger."""
+
+    asset: str
+    accounts: Table
+    lots: Table
+    entries: Table
+    portions: Table
+
+
+POINTS_LEDGER = LedgerTables("points", accounts, points_lots, ledger_entries, lot_portions)
+VALUE_LEDGER = LedgerTables(
+    "stored_value", value_accounts, value_lots, value_entries, value_portions
 )

@@ -9,22 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
-from typing import Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-RuleCode = Literal[
-    "purchase",
-    "tier_multiplier",
-    "card_multiplier",
-    "member_day",
-    "signup",
-    "referral",
-    "checkin",
-    "daily_cap",
-    "expiry",
-]
 
 
 class _Params(BaseModel):
@@ -83,6 +71,22 @@ class ExpiryParams(_Params):
     notice_days: int = Field(default=30, ge=0, description="expiry-notice warns this far ahead")
 
 
+class TopUpTier(_Params):
+    min_minor: int = Field(ge=1, description="a top-up of at least this much...")
+    bonus_minor: int = Field(ge=0, description="...gets this much stored value on top")
+
+
+class TopUpBonusParams(_Params):
+    tiers: list[TopUpTier] = Field(
+        default_factory=lambda: [TopUpTier(min_minor=10000, bonus_minor=1000)],
+        description="the highest tier a top-up reaches applies",
+    )
+
+    def bonus_for(self, amount_minor: int) -> int:
+        reached = [t.bonus_minor for t in self.tiers if amount_minor >= t.min_minor]
+        return max(reached, default=0)
+
+
 PARAMS: dict[str, type[_Params]] = {
     "purchase": PurchaseParams,
     "tier_multiplier": TierMultiplierParams,
@@ -93,6 +97,7 @@ PARAMS: dict[str, type[_Params]] = {
     "checkin": CheckinParams,
     "daily_cap": DailyCapParams,
     "expiry": ExpiryParams,
+    "top_up_bonus": TopUpBonusParams,
 }
 
 DESCRIPTIONS = {
@@ -105,6 +110,7 @@ DESCRIPTIONS = {
     "checkin": "points per daily check-in, plus a bonus on every Nth consecutive day",
     "daily_cap": "most points earned per member per local day (purchase, check-in, referral)",
     "expiry": "how long earned points last, and how early members are warned",
+    "top_up_bonus": "stored value given on top of a top-up, by the size of the top-up",
 }
 
 

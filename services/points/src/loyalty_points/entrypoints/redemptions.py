@@ -16,7 +16,7 @@ from ..service_layer.accounts import cancel_redemption, redeem
 router = APIRouter(prefix="/v1", tags=["redemptions"])
 
 
-async def _checkout_or_points_writer(request: Request) -> None:
+async def checkout_or_points_writer(request: Request) -> None:
     """Redemptions are what a checkout does (events:write) or a points operator (points:write)."""
     for scope in ("events:write", "points:write"):
         try:
@@ -49,7 +49,7 @@ class RedemptionPublic(BaseModel):
     "/redemptions",
     status_code=201,
     response_model=RedemptionPublic,
-    dependencies=[Depends(_checkout_or_points_writer)],
+    dependencies=[Depends(checkout_or_points_writer)],
     summary="Spend points; 422 insufficient_points changes nothing",
 )
 async def post_redemption(body: RedemptionCreate, runtime: RuntimeDep) -> RedemptionPublic:
@@ -67,7 +67,7 @@ async def post_redemption(body: RedemptionCreate, runtime: RuntimeDep) -> Redemp
 @router.post(
     "/redemptions/{redemption_id}/cancel",
     response_model=RedemptionPublic,
-    dependencies=[Depends(_checkout_or_points_writer)],
+    dependencies=[Depends(checkout_or_points_writer)],
     summary="Give a redemption's points back to the lots they came from",
 )
 async def post_cancel(

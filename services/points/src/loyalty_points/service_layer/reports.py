@@ -20,6 +20,7 @@ async def liability(runtime: Runtime) -> dict[str, Any]:
                 )
             )
         ).one()
+        value = await conn.scalar(text("SELECT sum(available) FROM value_accounts"))
         expired = await conn.execute(
             text(
                 "SELECT to_char(date_trunc('month', created_at AT TIME ZONE 'UTC'), 'YYYY-MM') "
@@ -36,4 +37,5 @@ async def liability(runtime: Runtime) -> dict[str, Any]:
                 "outstanding": int(totals.available) + int(totals.pending),
             },
             "expired_by_month": [{"month": r.month, "points": int(r.points)} for r in expired],
+            "stored_value": {"currency": "CNY", "outstanding_minor": int(value or 0)},
         }
