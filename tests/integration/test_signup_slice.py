@@ -93,3 +93,38 @@ async def test_the_request_trace_travels_in_the_event(slice_services):
     assert event["traceparent"].split("-")[1] == trace_id
     assert event["subject"] == response.json()["member_id"]
     assert "phone" not in event["data"] and "+8613800138111" not in value.decode()
+
+
+async def test_a_paid_order_at_the_till_earns_pending_points(slice_services):
+    member, points = slice_services
+    created = (await member.client.post("/v1/members", json={"phone": "13800138222"})).json()
+    member_id = created["member_id"]
+    await wait_for_balance(points, member_id, 100)
+    order = await member.client.post(
+        "/v1/orders",
+        json={
+            "channel": "pos",
+            "external_id": "TILL-9-0001",
+            "phone": "138 0013 8222",
+            "status": "paid",
+            "currency": "CNY",
+            "total_minor": 25900,
+            "paid_minor": 25900,
+            "lines": [
+                {"sku": "TEA-01", "category": "tea", "quantity": 1, "unit_price_minor": 25900}
+            ],
+        },
+    )
+    assert order.status_code == 202, order.text
+    assert order.json()["member_id"] == member_id
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        account = (await points.client.get(f"/v1/accounts/{member_id}")).json()
+        if account["pending"] == 259 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert (account["available"], account["pending"]) == (100, 259)
+    ledger = (await points.client.get(f"/v1/accounts/{member_id}/ledger")).json()["items"]
+    assert ledger[0]["source"]["order_id"] == order.json()["order_id"]
+    assert ledger[0]["source"]["type"] == "order.paid"
