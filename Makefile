@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV = $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 SERVICES := member points coupon notifier segmenter
 
-.PHONY: help uv sync run test test-fast lint format schemas migrate clean
+.PHONY: help uv sync run test test-fast lint format schemas docs migrate clean
 
 help:
 	@echo "make run      start PostgreSQL, the broker and the five services (Ctrl-C stops all)"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make format   ruff format and the safe ruff fixes"
 	@echo "make schemas  export the event JSON Schemas to shared/schemas/"
+	@echo "make docs     regenerate docs/asyncapi.yaml and docs/openapi/ from the code"
 	@echo "make migrate  run every service's database migrations"
 
 uv:
@@ -27,13 +28,13 @@ run: sync
 	@$(UV) run --no-sync python -m loyalty_shared.devstack
 
 lint: sync
-	$(UV) run --no-sync ruff check shared services tests
-	$(UV) run --no-sync ruff format --check shared services tests
+	$(UV) run --no-sync ruff check shared services tests tools
+	$(UV) run --no-sync ruff format --check shared services tests tools
 	$(UV) run --no-sync mypy shared/src $(foreach s,$(SERVICES),services/$(s)/src/loyalty_$(s)/domain)
 
 format: sync
-	$(UV) run --no-sync ruff check --fix shared services tests
-	$(UV) run --no-sync ruff format shared services tests
+	$(UV) run --no-sync ruff check --fix shared services tests tools
+	$(UV) run --no-sync ruff format shared services tests tools
 
 test: lint
 	$(UV) run --no-sync pytest
@@ -43,6 +44,9 @@ test-fast: sync
 
 schemas: sync
 	$(UV) run --no-sync python -m loyalty_shared.events.schemas
+
+docs: schemas
+	$(UV) run --no-sync python tools/platform_docs.py
 
 migrate: sync
 	@for s in $(SERVICES); do $(UV) run --no-sync python -m loyalty_$$s migrate || exit 1; done

@@ -154,3 +154,52 @@ async def outbox_events(
     async with runtime.engine.connect() as conn:
         rows = await conn.scalars(text(sql), {"key": key, "type": event_type})
         return [orjson.loads(value) for value in rows]
+
+
+class ProducedEventChecker:
+    """Contract check on the producing side: every event a service encodes during the tests
+    must validate against the committed JSON Schema of its type (shared/schemas)."""
+
+    def __init__(self, schema_dir: Path) -> None:
+        self.schema_dir = schema_dir
+        self.validators: dict[str, Any] = {}
+        self.seen: dict[str, int] = {}
+
+    def validate(self, event_type: str, data: dict[str, Any]) -> None:
+        import json
+
+        import jsonschema
+
+        if event_type not in self.validators:
+            path = self.schema_dir / f"{event_type}.json"
+            if not path.exists():
+                raise AssertionError(f"no committed schema for {event_type}: run make schemas")
+            schema = json.loads(path.read_text())
+            self.validators[event_type] = jsonschema.Draft202012Validator(schema)
+        errors = sorted(self.validators[event_type].iter_errors(data), key=str)
+        if errors:
+            raise AssertionError(
+                f"{event_type} does not match its committed schema: "
+                f"{errors[0].message} at {list(errors[0].absolute_path)}"
+            )
+        self.seen[event_type] = self.seen.get(event_type, 0) + 1
+
+
+@pytest.fixture(scope="session", autouse=True)
+def produced_event_checker() -> Iterator[ProducedEventChecker]:
+    from .events.envelope import Event
+
+    schema_dir = Path(__file__).resolve().parents[2] / "schemas"
+    checker = ProducedEventChecker(schema_dir)
+    original = Event.to_cloudevent
+
+    def checked(self: Event[Any]) -> dict[str, Any]:
+        body = original(self)
+        checker.validate(body["type"], body["data"])
+        return body
+
+    Event.to_cloudevent = checked  # type: ignore[method-assign]
+    try:
+        yield checker
+    finally:
+        Event.to_cloudevent = original  # type: ignore[method-assign]

@@ -665,6 +665,14 @@ async def test_internal_cards(member):
     assert issued["data"]["plan_kind"] == "internal"
     cards = (await member.client.get(url)).json()["items"]
     assert [c["plan_code"] for c in cards] == ["free", "staff"]
+    problem(await member.client.get("/v1/members/nobody/cards"), 404, "not_found")
+    problem(
+        await member.client.post("/v1/members/nobody/cards", json={"plan_code": "staff"}),
+        404,
+        "not_found",
+    )
+    paths = (await member.client.get("/openapi.json")).json()["paths"]
+    assert {"/v1/members/{member_id}/cards:purchase", "/v1/tiers", "/v1/card-batches"} <= set(paths)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -167,6 +167,7 @@ async def test_a_members_paid_order_is_accepted_with_one_order_paid(client, memb
         "lines": LINES,
         "coupon_codes": ["CPN-7H2K-9QX4"],
         "member_tier": "bronze",
+        "member_tier_multiplier": 1.0,
         "paid_order_count": 1,
     }
     assert [e["type"] for e in await events(member, buyer["member_id"])] == [

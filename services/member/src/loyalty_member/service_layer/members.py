@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..adapters.tables import identities, members
 from ..domain.members import InvalidPhone, normalise_phone
+from .cards import member_id_by_card_no
 from .events import emit
 from .feedback import erase_feedback_text
 
@@ -42,7 +43,9 @@ async def find_members(
     if phone is not None:
         query = query.where(members.c.phone == _phone(phone))
     elif card_no is not None:
-        query = query.where(members.c.card_no == card_no.strip())
+        async with runtime.engine.connect() as conn:
+            holder = await member_id_by_card_no(conn, card_no.strip())  # sign-up or bound card
+        query = query.where(members.c.member_id == holder)
     elif email is not None:
         query = query.where(func.lower(members.c.email) == email.strip().lower())
     async with runtime.engine.connect() as conn:

@@ -36,7 +36,7 @@ from ulid import ULID
 from ..adapters.tables import members, orders, refunds
 from ..domain import orders as rules
 from ..domain.members import InvalidPhone, normalise_phone
-from . import referrals, tiers
+from . import cards, referrals, tiers
 from .events import emit
 from .registration import RegisterMember, register_member_in
 
@@ -366,6 +366,11 @@ async def _order_paid(runtime: Runtime, conn: AsyncConnection, order: dict[str, 
     data = OrderPaid(
         **{**_amounts(order), "occurred_at": paid_at},
         member_tier=order["member_tier"],
+        member_tier_multiplier=(
+            await tiers.points_multiplier_of(conn, order["member_tier"])
+            if order["member_tier"]
+            else None
+        ),
         paid_order_count=paid_order_count,
     )
     await emit(conn, "order.paid", data, **_routing(order), time=paid_at)
@@ -414,7 +419,8 @@ async def _resolve_member(
         return {"member_id": enrolled["member_id"], "tier": enrolled["tier"]}
     if cmd.card_no is not None:
         card_no = cmd.card_no.strip()
-        member = await _lock_member(conn, members.c.card_no == card_no)
+        holder = await cards.member_id_by_card_no(conn, card_no)  # sign-up or bound card
+        member = await _lock_member(conn, members.c.member_id == holder) if holder else None
         if member is None:
             raise Unprocessable(
                 UNKNOWN_MEMBER, f"no member holds card '{card_no}'", field="card_no"

@@ -17,8 +17,7 @@ from ulid import ULID
 from ..adapters.tables import members
 from ..domain.members import InvalidPhone, new_card_no, new_referral_code, normalise_phone
 from .events import emit
-
-DEFAULT_TIER = "bronze"
+from .tiers import signup_tier
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,7 @@ async def register_member_in(
     except InvalidPhone as exc:
         raise Unprocessable("invalid_phone", str(exc)) from exc
     member_id = str(ULID.from_datetime(now))
+    tier = await signup_tier(conn)  # the lowest tier of the current ladder
     referred_by = None
     if cmd.referral_code:
         referred_by = await conn.scalar(
@@ -73,7 +73,7 @@ async def register_member_in(
         "card_no": new_card_no(),
         "referral_code": new_referral_code(),
         "referred_by": referred_by,
-        "tier": DEFAULT_TIER,
+        "tier": tier,
         "store_id": cmd.store_id,
         "channel": cmd.channel,
         "consents": cmd.consents,
@@ -97,7 +97,7 @@ async def register_member_in(
         MemberRegistered(
             member_id=member_id,
             card_no=row["card_no"],
-            tier=DEFAULT_TIER,
+            tier=tier,
             referral_code=row["referral_code"],
             referred_by=referred_by,
             store_id=cmd.store_id,

@@ -454,12 +454,15 @@ async def review_tiers(runtime: Runtime, as_of: datetime) -> dict[str, int]:
                     text(
                         """
                         SELECT m.member_id, m.tier FROM members m
-                        LEFT JOIN cards c ON c.member_id = m.member_id AND c.kind = 'tier'
                         WHERE m.member_id = ANY(CAST(:ids AS varchar[]))
                           AND m.tier = ANY(CAST(:review AS varchar[]))
-                          AND (c.valid_from IS NULL OR c.valid_from <= :as_of)
+                          AND NOT EXISTS (
+                              SELECT 1 FROM cards c
+                              WHERE c.member_id = m.member_id AND c.kind = 'tier'
+                                AND c.valid_from > :as_of
+                          )
                         ORDER BY m.member_id
-                        FOR UPDATE OF m
+                        FOR UPDATE
                         """
                     ),
                     {"ids": chunk, "review": review, "as_of": as_of},
