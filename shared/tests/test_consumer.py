@@ -257,6 +257,18 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_next_one_is_a
     future_schema_bytes = orjson.dumps(future_schema)
     handler_fails = updated("m-broken")
     good_after = checked_in("m-good", 7)
+    # Types this consumer does not handle are someone else's business: skipped, not poison,
+    # even a type newer than this consumer's registry.
+    not_mine = orjson.dumps(
+        {
+            **checked_in("m-other", 1).to_cloudevent(),
+            "type": "member.erased",
+            "data": {"member_id": "m-other"},
+        }
+    )
+    from_the_future = orjson.dumps(
+        {**checked_in("m-other", 1).to_cloudevent(), "type": "member.teleported", "data": {}}
+    )
     # One partition, in this order: each poison message sits before a good one.
     await produce(
         kafka_bootstrap,
@@ -265,6 +277,8 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_next_one_is_a
             *keyed([good_before]),
             (b"m-x", not_json),
             (b"m-future", future_schema_bytes),
+            (b"m-other", not_mine),
+            (b"m-other", from_the_future),
             *keyed([handler_fails, good_after]),
         ],
     )
@@ -279,7 +293,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_next_one_is_a
         retry_delay=0.01,
     )
     try:
-        await drain(consumer, 5)
+        await drain(consumer, 7)
     finally:
         await consumer.stop()
 

@@ -128,14 +128,23 @@ def make_event(
     )
 
 
-def decode_event(value: bytes | None) -> Event[Any]:
-    """Parse a message value into a typed event, or raise EventDecodeError saying why."""
+def parse_value(value: bytes | None) -> Any:
+    """The JSON of a message value, or EventDecodeError."""
     if value is None:
         raise EventDecodeError("message has no value")
     try:
-        raw = orjson.loads(value)
+        return orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise EventDecodeError(f"value is not JSON: {exc}") from exc
+
+
+def decode_event(value: bytes | None) -> Event[Any]:
+    """Parse a message value into a typed event, or raise EventDecodeError saying why."""
+    return event_from_json(parse_value(value))
+
+
+def event_from_json(raw: Any) -> Event[Any]:
+    """A typed event from a parsed CloudEvent, or EventDecodeError saying why."""
     try:
         envelope = CloudEvent.model_validate(raw)
     except ValidationError as exc:

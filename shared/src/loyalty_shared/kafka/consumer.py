@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..events import Event, EventDecodeError, decode_event
+from ..events import Event, EventDecodeError
+from ..events.envelope import event_from_json, parse_value
 from ..observability import CONSUMER_LAG, EVENTS_DUPLICATE, EVENTS_FAILED, EVENTS_PROCESSED
 from .outbox import make_producer
 from .topics import dlq_topic
@@ -225,7 +226,8 @@ class IdempotentConsumer:
     async def _process_partition(
         self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
     ) -> None:
-        items = [_decode(record) for record in records]
+        decoded = [_decode(record, self.handlers.by_type) for record in records]
+        items = [item for item in decoded if item is not None]
         good = [item for item in items if item.event is not None]
         for item in items:
             if item.poison is not None:
@@ -333,9 +335,14 @@ class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner.assigned.set()
 
 
-def _decode(record: ConsumerRecord[bytes, bytes]) -> _Item:
+def _decode(record: ConsumerRecord[bytes, bytes], wanted: Container[str]) -> _Item | None:
+    """A typed event for a handled type; None for a type this consumer does not handle (it
+    is someone else's business, even when it is newer than our registry); poison otherwise."""
     try:
-        return _Item(record, event=decode_event(record.value))
+        raw = parse_value(record.value)
+        if isinstance(raw, dict) and isinstance(raw.get("type"), str) and raw["type"] not in wanted:
+            return None
+        return _Item(record, event=event_from_json(raw))
     except EventDecodeError as exc:
         return _Item(record, poison=PoisonMessage(exc.reason, str(exc)))
 
