@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV = $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 SERVICES := member points coupon notifier segmenter
 
-.PHONY: help uv sync run test test-fast lint format schemas docs migrate clean
+.PHONY: help uv sync run test test-fast lint format schemas docs migrate bench bench-quick clean
 
 help:
 	@echo "make run      start PostgreSQL, the broker and the five services (Ctrl-C stops all)"
@@ -15,6 +15,7 @@ help:
 	@echo "make schemas  export the event JSON Schemas to shared/schemas/"
 	@echo "make docs     regenerate docs/asyncapi.yaml and docs/openapi/ from the code"
 	@echo "make migrate  run every service's database migrations"
+	@echo "make bench    the benchmark harness (bench/README.md); make bench-quick: small sizes"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -28,13 +29,13 @@ run: sync
 	@$(UV) run --no-sync python -m loyalty_shared.devstack
 
 lint: sync
-	$(UV) run --no-sync ruff check shared services tests tools
-	$(UV) run --no-sync ruff format --check shared services tests tools
+	$(UV) run --no-sync ruff check shared services tests tools bench
+	$(UV) run --no-sync ruff format --check shared services tests tools bench
 	$(UV) run --no-sync mypy shared/src $(foreach s,$(SERVICES),services/$(s)/src/loyalty_$(s)/domain)
 
 format: sync
-	$(UV) run --no-sync ruff check --fix shared services tests tools
-	$(UV) run --no-sync ruff format shared services tests tools
+	$(UV) run --no-sync ruff check --fix shared services tests tools bench
+	$(UV) run --no-sync ruff format shared services tests tools bench
 
 test: lint
 	$(UV) run --no-sync pytest
@@ -50,6 +51,12 @@ docs: schemas
 
 migrate: sync
 	@for s in $(SERVICES); do $(UV) run --no-sync python -m loyalty_$$s migrate || exit 1; done
+
+bench: sync
+	$(UV) run --no-sync python bench/run.py
+
+bench-quick: sync
+	$(UV) run --no-sync python bench/run.py --quick
 
 clean:
 	rm -rf .run .pytest_cache .ruff_cache .mypy_cache

@@ -87,23 +87,21 @@ def tally_handlers(batch_sizes: list[int] | None = None) -> Handlers:
 
 
 class RecordingConsumer(IdempotentConsumer):
-    """The real consumer; it also notes which event ids each partition batch carried."""
+    """The real consumer; it also notes which events each applied batch carried."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batches: list[list[bytes | None]] = []
 
-    async def _process_partition(
-        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> None:
-        self.batches.append([r.value for r in records])
-        await super()._process_partition(tp, records)
+    async def _apply(self, events: list[Event[Any]]) -> None:
+        self.batches.append([e.encode() for e in events])
+        await super()._apply(events)
 
 
 class CrashesBeforeOffsetCommit(IdempotentConsumer):
     """A consumer whose process dies after each database commit, before the offset commit."""
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         return None
 
 
@@ -362,3 +360,26 @@ async def test_apply_events_twice_in_separate_transactions_applies_once(
 
     assert await tallies(engine) == {"m-x": 3, "m-y": 4}
     assert await processed(engine, "apply-group") == {e.id: 1 for e in events}
+
+
+async def test_one_handler_for_several_types_gets_the_run_whole(engine: AsyncEngine) -> None:
+    calls: list[list[str]] = []
+
+    async def engine_handler(conn: Any, events: list[Event[Any]]) -> None:
+        calls.append([e.type for e in events])
+
+    together = Handlers()
+    together.on_each(["member.checked_in", "member.updated"], engine_handler)
+    mixed = [checked_in("m-a", 1), updated("m-a"), checked_in("m-a", 2)]
+    async with engine.begin() as conn:
+        await apply_events(conn, "together-group", together, mixed)
+    assert calls == [["member.checked_in", "member.updated", "member.checked_in"]]
+
+    calls.clear()
+    apart = Handlers()
+    apart.by_type["member.checked_in"] = engine_handler
+    apart.by_type["member.updated"] = lambda conn, events: engine_handler(conn, events)
+    mixed = [checked_in("m-b", 1), updated("m-b"), checked_in("m-b", 2)]
+    async with engine.begin() as conn:
+        await apply_events(conn, "apart-group", apart, mixed)
+    assert calls == [["member.checked_in"], ["member.updated"], ["member.checked_in"]]

@@ -1,6 +1,6 @@
 """The idempotent, batch-first consumer that every service uses to apply events.
 
-For each partition in a `getmany` batch, in one database transaction:
+For a `getmany` batch (all its partitions), in one database transaction:
   1. record every event id in `processed_events` (set-based); the ids already there are
      duplicates and are dropped;
   2. hand the remaining events to the handlers, consecutive events of one type together, in
@@ -59,6 +59,13 @@ class Handlers:
 
         return register
 
+    def on_each(self, event_types: Iterable[str], fn: BatchHandler) -> BatchHandler:
+        """One handler for several types: consecutive events of any of them reach it together,
+        in order (a batch engine that loads once and writes once per batch)."""
+        for event_type in event_types:
+            self.by_type[event_type] = fn
+        return fn
+
 
 class PoisonMessage(Exception):
     def __init__(self, reason: str, detail: str) -> None:
@@ -94,9 +101,11 @@ async def apply_events(
     )
     fresh_ids = {row[0] for row in rows}
     fresh = [e for e in wanted.values() if e.id in fresh_ids]
+    # Consecutive events for the same handler go together: a handler registered for several
+    # types (one batch engine) receives the whole run in order, a per-type handler its type's.
     run: list[Event[Any]] = []
     for event in fresh:
-        if run and run[-1].type != event.type:
+        if run and handlers.by_type[run[-1].type] is not handlers.by_type[event.type]:
             await handlers.by_type[run[0].type](conn, run)
             run = []
         run.append(event)
@@ -205,15 +214,29 @@ class IdempotentConsumer:
         await self._close()
 
     async def poll_once(self, timeout_ms: int = 500) -> int:
+        """One `getmany`: every partition's records are applied in one transaction (each
+        partition's in offset order, so each member's), then the offsets are committed."""
         assert self._consumer is not None
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.batch_size)
-        count = 0
+        batches = {tp: records for tp, records in batches.items() if records}
+        if not batches:
+            return 0
+        items: list[_Item] = []
+        for records in batches.values():
+            for record in records:
+                item = _decode(record, self.handlers.by_type)
+                if item is not None:
+                    items.append(item)
+        for item in items:
+            if item.poison is not None:
+                await self._to_dlq(item.record, item.poison)
+        good = [item for item in items if item.event is not None]
+        if good:
+            await self._apply_with_retries(good)
+        await self._commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
         for tp, records in batches.items():
-            if records:
-                await self._process_partition(tp, records)
-                count += len(records)
-                self._record_lag(tp, records[-1].offset)
-        return count
+            self._record_lag(tp, records[-1].offset)
+        return sum(len(records) for records in batches.values())
 
     def _record_lag(self, tp: TopicPartition, last_offset: int) -> None:
         assert self._consumer is not None
@@ -222,19 +245,6 @@ class IdempotentConsumer:
             CONSUMER_LAG.labels(self.service, tp.topic, tp.partition).set(
                 max(highwater - last_offset - 1, 0)
             )
-
-    async def _process_partition(
-        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> None:
-        decoded = [_decode(record, self.handlers.by_type) for record in records]
-        items = [item for item in decoded if item is not None]
-        good = [item for item in items if item.event is not None]
-        for item in items:
-            if item.poison is not None:
-                await self._to_dlq(item.record, item.poison)
-        if good:
-            await self._apply_with_retries(good)
-        await self._commit(tp, records[-1].offset + 1)
 
     async def _apply_with_retries(self, items: list[_Item]) -> None:
         events = [item.event for item in items if item.event is not None]
@@ -279,18 +289,14 @@ class IdempotentConsumer:
         if fresh and self.after_commit is not None:
             self.after_commit()
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None
         try:
-            await self._consumer.commit({tp: offset})
+            await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
-            # The partition moved to another member: it will redeliver, and the inbox skips.
+            # A partition moved to another member: it will redeliver, and the inbox skips.
             log.warning(
-                "offset_commit_failed",
-                service=self.service,
-                topic=tp.topic,
-                partition=tp.partition,
-                error=repr(exc),
+                "offset_commit_failed", service=self.service, group=self.group, error=repr(exc)
             )
 
     async def _to_dlq(

@@ -4,7 +4,7 @@ changed with one statement per table, however many members and events the batch 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,6 +20,11 @@ from ..domain.rules import PARAMS, Rule, Rulebook, default_rules
 from .tables import POINTS_LEDGER, LedgerTables, earning_rules, order_points
 
 _LOT_COLUMNS = [c.name for c in POINTS_LEDGER.lots.columns]
+
+
+def _row(record: Any) -> dict[str, Any]:
+    """A dataclass as a flat dict (dataclasses.asdict deep-copies: too slow per event)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 def _lot(row: Any) -> Lot:
@@ -168,7 +173,7 @@ class LedgerBatch:
         new_lots = [lot for a in changed for lot in a.new_lots]
         new_ids = {lot.lot_id for lot in new_lots}
         if new_lots:
-            await insert_many(self.conn, self.ledger.lots, [asdict(lot) for lot in new_lots])
+            await insert_many(self.conn, self.ledger.lots, [_row(lot) for lot in new_lots])
         updated = [a.lots[i] for a in changed for i in a.changed_lots if i not in new_ids]
         if updated:
             await self.conn.execute(
@@ -217,7 +222,7 @@ class LedgerBatch:
             )
         portions = [p for a in changed for p in a.portions]
         if portions:
-            await insert_many(self.conn, self.ledger.portions, [asdict(p) for p in portions])
+            await insert_many(self.conn, self.ledger.portions, [_row(p) for p in portions])
         touched = sorted({a.member_id for a in changed} | self._member_changed)
         if touched:
             await self._write_accounts(touched)
@@ -282,7 +287,7 @@ class LedgerBatch:
     async def _write_orders(self) -> None:
         if not self.orders:
             return
-        rows = [asdict(o) for o in self.orders.values()]
+        rows = [_row(o) for o in self.orders.values()]
         for row in rows:
             row["multiplier"] = Decimal(row["multiplier"])
         await self.conn.execute(

@@ -162,6 +162,5 @@ async def _learn_tier_multipliers(
 
 def handlers(runtime: Runtime) -> Handlers:
     table = Handlers()
-    for event_type in MEMBER_TYPES + ORDER_TYPES:
-        table.by_type[event_type] = partial(apply_batch, runtime)
+    table.on_each(MEMBER_TYPES + ORDER_TYPES, partial(apply_batch, runtime))
     return table
