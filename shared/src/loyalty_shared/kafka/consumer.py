@@ -51,6 +51,7 @@ class Handlers:
     """Which handler applies which event type; events of other types are skipped."""
 
     by_type: dict[str, BatchHandler] = field(default_factory=dict)
+    run_of: dict[str, str] = field(default_factory=dict)  # type → the run it joins (on_each)
 
     def on(self, event_type: str) -> Callable[[BatchHandler], BatchHandler]:
         def register(fn: BatchHandler) -> BatchHandler:
@@ -62,9 +63,15 @@ class Handlers:
     def on_each(self, event_types: Iterable[str], fn: BatchHandler) -> BatchHandler:
         """One handler for several types: consecutive events of any of them reach it together,
         in order (a batch engine that loads once and writes once per batch)."""
-        for event_type in event_types:
+        types = list(event_types)
+        for event_type in types:
             self.by_type[event_type] = fn
+            self.run_of[event_type] = "+".join(types)
         return fn
+
+    def run_key(self, event_type: str) -> str:
+        """Consecutive events with one run key reach their handler in one call."""
+        return self.run_of.get(event_type, event_type)
 
 
 class PoisonMessage(Exception):
@@ -101,11 +108,11 @@ async def apply_events(
     )
     fresh_ids = {row[0] for row in rows}
     fresh = [e for e in wanted.values() if e.id in fresh_ids]
-    # Consecutive events for the same handler go together: a handler registered for several
-    # types (one batch engine) receives the whole run in order, a per-type handler its type's.
+    # Consecutive events of one type go to their handler together; a handler registered with
+    # `on_each` for several types receives consecutive events of any of them together.
     run: list[Event[Any]] = []
     for event in fresh:
-        if run and handlers.by_type[run[-1].type] is not handlers.by_type[event.type]:
+        if run and handlers.run_key(run[-1].type) != handlers.run_key(event.type):
             await handlers.by_type[run[0].type](conn, run)
             run = []
         run.append(event)

@@ -1,1 +1,1 @@
-"""The coupon service's entrypoints (filled in by the coupon issue)."""
+"""HTTP routes and Kafka handlers of the coupon service: they translate and call use cases."""

@@ -1,0 +1,161 @@
+"""HTTP clients of the coupon service's neighbours: the points service (exchanges) and the
+segmenter (members of a segment, for bulk issue). Tests swap the transports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from loyalty_shared.settings import SERVICE_PORT_OFFSETS
+
+from ..config import CouponSettings
+
+if TYPE_CHECKING:
+    from loyalty_shared.service import Runtime
+
+
+class NeighbourUnavailable(Exception):
+    """The neighbour could not answer (down, timed out, 5xx): try again later."""
+
+
+class NeighbourRefused(Exception):
+    """The neighbour answered with a 4xx problem."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(f"{status} {body.get('code')}: {body.get('detail')}")
+        self.status = status
+        self.body = body
+
+    @property
+    def code(self) -> str | None:
+        return self.body.get("code")
+
+
+@dataclass
+class Neighbours:
+    """Where the neighbours are; `*_transport` replaces the network (tests, in-process apps)."""
+
+    settings: CouponSettings = field(default_factory=CouponSettings)
+    points_transport: httpx.AsyncBaseTransport | None = None
+    segmenter_transport: httpx.AsyncBaseTransport | None = None
+
+    def _client(
+        self, runtime: Runtime, service: str, url: str, key: str, transport: Any
+    ) -> httpx.AsyncClient:
+        base = (
+            url or f"http://127.0.0.1:{runtime.settings.port_base + SERVICE_PORT_OFFSETS[service]}"
+        )
+        key = key or _first_key(runtime.settings.api_keys)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.AsyncClient(
+            base_url=base,
+            headers=headers,
+            transport=transport,
+            timeout=self.settings.http_timeout_seconds,
+        )
+
+    def points(self, runtime: Runtime) -> PointsClient:
+        s = self.settings
+        return PointsClient(
+            self._client(runtime, "points", s.points_url, s.points_api_key, self.points_transport)
+        )
+
+    def segmenter(self, runtime: Runtime) -> SegmenterClient:
+        s = self.settings
+        return SegmenterClient(
+            self._client(
+                runtime, "segmenter", s.segmenter_url, s.segmenter_api_key, self.segmenter_transport
+            )
+        )
+
+
+def _first_key(spec: str) -> str:
+    first = spec.split(";")[0].strip()
+    return first.partition("=")[0].strip()
+
+
+def neighbours_of(runtime: Runtime) -> Neighbours:
+    found = getattr(runtime.definition, "neighbours", None)
+    return found if isinstance(found, Neighbours) else Neighbours()
+
+
+async def _call(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    try:
+        response = await client.request(method, url, **kwargs)
+    except httpx.HTTPError as exc:  # refused, reset, timed out
+        raise NeighbourUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    if response.status_code >= 500 or response.status_code in (408, 429):
+        raise NeighbourUnavailable(f"{response.status_code}: {response.text[:200]}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text[:200]}
+    if response.status_code == 409 and body.get("code") == "idempotency_in_progress":
+        raise NeighbourUnavailable("the first request with this key is still running")
+    if response.status_code >= 400:
+        raise NeighbourRefused(response.status_code, body if isinstance(body, dict) else {})
+    return body if isinstance(body, dict) else {"items": body}
+
+
+class PointsClient:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def __aenter__(self) -> PointsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+    async def redeem(
+        self, *, member_id: str, points: int, reason: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        return await _call(
+            self.client,
+            "POST",
+            "/v1/redemptions",
+            json={"member_id": member_id, "points": points, "reason": reason},
+            headers={"Idempotency-Key": idempotency_key},
+        )
+
+    async def cancel(self, redemption_id: str, *, idempotency_key: str) -> None:
+        try:
+            await _call(
+                self.client,
+                "POST",
+                f"/v1/redemptions/{redemption_id}/cancel",
+                headers={"Idempotency-Key": idempotency_key},
+            )
+        except NeighbourRefused as exc:
+            if exc.status == 409:  # cancelled already: what we wanted
+                return
+            raise
+
+
+class SegmenterClient:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def __aenter__(self) -> SegmenterClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+    async def members_page(
+        self, segment_code: str, *, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """One page of a segment's members; items may be member ids or `{member_id, ...}`."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        body = await _call(
+            self.client, "GET", f"/v1/segments/{segment_code}/members", params=params
+        )
+        members = []
+        for item in body.get("items", []):
+            member_id = item.get("member_id") if isinstance(item, dict) else item
+            if isinstance(member_id, str) and member_id:
+                members.append(member_id)
+        return members, body.get("next_cursor")

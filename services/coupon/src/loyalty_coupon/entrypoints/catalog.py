@@ -1,0 +1,263 @@
+"""HTTP routes for coupon templates and campaigns, and bulk issue with its job progress."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from fastapi import APIRouter, Path, Query
+from loyalty_shared.auth import Scope
+from loyalty_shared.service import RuntimeDep
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from ..domain.templates import CouponTemplate
+from ..service_layer import bulk, catalog
+
+router = APIRouter(prefix="/v1", tags=["templates and campaigns"])
+
+CODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+CodePath = Annotated[str, Path(max_length=64)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+Cursor = Annotated[str | None, Query(max_length=200)]
+_BIG = 10**12
+
+
+class TemplateCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(pattern=CODE, description="your own code, e.g. NEW-20OFF")
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["amount_off", "percent_off", "free_shipping", "gift"]
+    value: int = Field(
+        default=0, le=_BIG, description="amount_off: minor units; percent_off: 1-100; else 0"
+    )
+    min_spend_minor: int = Field(default=0, le=_BIG)
+    max_discount_minor: int | None = Field(default=None, le=_BIG, description="percent_off cap")
+    gift_sku: str | None = Field(default=None, max_length=64)
+    categories: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="the coupon applies only to lines in these categories (empty: whole cart)",
+    )
+    valid_days: int | None = Field(default=None, le=3650, description="valid N days from issue")
+    starts_at: AwareDatetime | None = Field(default=None, description="fixed window start")
+    ends_at: AwareDatetime | None = Field(default=None, description="fixed window end")
+    per_member_limit: int = Field(default=1, le=10**6)
+    stock: int | None = Field(default=None, le=_BIG, description="coupons to issue at most")
+    points_cost: int | None = Field(
+        default=None, le=10**9, description="price in points (coupons:exchange)"
+    )
+    currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
+
+    def to_domain(self) -> CouponTemplate:
+        return CouponTemplate(**{**self.model_dump(), "categories": tuple(self.categories)})
+
+
+class TemplatePublic(TemplateCreate):
+    model_config = ConfigDict(extra="ignore")
+
+    issued_count: int
+    stock_left: int | None
+
+
+class TemplatePage(BaseModel):
+    items: list[TemplatePublic]
+    next_cursor: str | None
+
+
+@router.post(
+    "/coupon-templates",
+    status_code=201,
+    response_model=TemplatePublic,
+    dependencies=[Scope("coupons:write")],
+    summary="Create a coupon template (invalid terms: 422 naming each field)",
+)
+async def post_template(body: TemplateCreate, runtime: RuntimeDep) -> dict[str, Any]:
+    return await catalog.create_template(runtime, body.to_domain())
+
+
+@router.get(
+    "/coupon-templates",
+    response_model=TemplatePage,
+    dependencies=[Scope("members:read")],
+    summary="Coupon templates, by code",
+)
+async def list_templates(
+    runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
+) -> dict[str, Any]:
+    items, next_cursor = await catalog.list_templates(runtime, limit, cursor)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get(
+    "/coupon-templates/{code}",
+    response_model=TemplatePublic,
+    dependencies=[Scope("members:read")],
+    summary="One coupon template, with what is issued and left",
+)
+async def get_template(code: CodePath, runtime: RuntimeDep) -> dict[str, Any]:
+    return await catalog.get_template(runtime, code)
+
+
+class CampaignCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(pattern=CODE)
+    name: str | None = Field(default=None, max_length=200)
+    template_codes: list[Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=20)
+    trigger: dict[str, Any] = Field(
+        description=(
+            "{type, ...}: member.registered | first_order | nth_order {n} | segment.entered "
+            "{segment_code} | tier_changed {tier} | birthday | checkin_streak {days} | manual"
+        )
+    )
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+    budget: int | None = Field(default=None, ge=1, le=_BIG, description="most coupons to issue")
+    holdout_percent: float = Field(
+        default=0, ge=0, le=100, description="share of members kept as a control group"
+    )
+
+
+class CampaignResults(BaseModel):
+    members_issued: int
+    members_holdout: int
+    members_not_issued: int
+    coupons_redeemed: int
+
+
+class CampaignPublic(BaseModel):
+    code: str
+    name: str
+    template_codes: list[str]
+    trigger: dict[str, Any]
+    starts_at: AwareDatetime | None
+    ends_at: AwareDatetime | None
+    budget: int | None
+    issued_count: int
+    budget_left: int | None
+    holdout_percent: float
+    status: Literal["active", "paused"]
+    created_at: AwareDatetime
+    results: CampaignResults | None = None
+
+
+class CampaignPage(BaseModel):
+    items: list[CampaignPublic]
+    next_cursor: str | None
+
+
+class CampaignChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["active", "paused"]
+
+
+@router.post(
+    "/campaigns",
+    status_code=201,
+    response_model=CampaignPublic,
+    dependencies=[Scope("coupons:write")],
+    summary="Create a campaign: templates, a trigger, dates, budget, holdout",
+)
+async def post_campaign(body: CampaignCreate, runtime: RuntimeDep) -> dict[str, Any]:
+    return await catalog.create_campaign(runtime, body.model_dump())
+
+
+@router.get(
+    "/campaigns",
+    response_model=CampaignPage,
+    dependencies=[Scope("members:read")],
+    summary="Campaigns, by code",
+)
+async def list_campaigns(
+    runtime: RuntimeDep, limit: Limit = 50, cursor: Cursor = None
+) -> dict[str, Any]:
+    items, next_cursor = await catalog.list_campaigns(runtime, limit, cursor)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get(
+    "/campaigns/{code}",
+    response_model=CampaignPublic,
+    dependencies=[Scope("members:read")],
+    summary="A campaign and its results so far (issued, holdout, redeemed)",
+)
+async def get_campaign(code: CodePath, runtime: RuntimeDep) -> dict[str, Any]:
+    return await catalog.get_campaign(runtime, code)
+
+
+@router.patch(
+    "/campaigns/{code}",
+    response_model=CampaignPublic,
+    dependencies=[Scope("coupons:write")],
+    summary="Pause or resume a campaign",
+)
+async def patch_campaign(
+    code: CodePath, body: CampaignChange, runtime: RuntimeDep
+) -> dict[str, Any]:
+    return await catalog.set_campaign_status(runtime, code, body.status)
+
+
+class BulkIssue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    member_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, min_length=1, max_length=50_000
+    )
+    segment_code: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.member_ids is None) == (self.segment_code is None):
+            raise ValueError("give member_ids or segment_code, one of them")
+        return self
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    kind: Literal["bulk_issue"]
+    campaign_code: str
+    source: Literal["member_ids", "segment"]
+    segment_code: str | None
+    status: Literal["queued", "running", "completed", "failed"]
+    total: int | None = Field(description="members to go through (a segment's is not known)")
+    processed: int
+    members_issued: int
+    coupons_issued: int
+    holdout: int
+    not_issued: int = Field(description="members refused: budget, stock or per-member limit")
+    duplicates: int = Field(description="members this job (or this year's birthday) had served")
+    pages_done: int
+    attempts: int = Field(description="failures in a row of the segmenter; retried every minute")
+    last_error: str | None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    finished_at: AwareDatetime | None
+
+
+@router.post(
+    "/campaigns/{code}/issue",
+    status_code=202,
+    response_model=JobAccepted,
+    dependencies=[Scope("coupons:write")],
+    summary="Bulk issue a campaign to members or a segment, as a background job",
+)
+async def post_bulk_issue(code: CodePath, body: BulkIssue, runtime: RuntimeDep) -> dict[str, Any]:
+    return await bulk.start_bulk_issue(runtime, code, body.member_ids, body.segment_code)
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobPublic,
+    dependencies=[Scope("members:read")],
+    summary="Progress of a bulk issue",
+)
+async def get_job(
+    job_id: Annotated[str, Path(max_length=32)], runtime: RuntimeDep
+) -> dict[str, Any]:
+    return await bulk.get_job(runtime, job_id)
