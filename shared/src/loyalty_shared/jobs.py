@@ -59,7 +59,11 @@ async def run_job(runtime: Runtime, job: Job, as_of: datetime) -> dict[str, Any]
             JOB_RUNS.labels(runtime.name, job.name, "error").inc()
             raise
     JOB_RUNS.labels(runtime.name, job.name, "ok").inc()
-    log.info("job_ran", service=runtime.name, job=job.name, as_of=as_of.isoformat(), **counts)
+    # A run that touched nothing is routine (frequent jobs find nothing due most of the time).
+    busy = any(isinstance(v, int | float) and v for v in counts.values())
+    (log.info if busy else log.debug)(
+        "job_ran", service=runtime.name, job=job.name, as_of=as_of.isoformat(), **counts
+    )
     return counts
 
 
