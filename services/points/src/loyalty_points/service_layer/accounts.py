@@ -18,7 +18,7 @@ from ..adapters.ledger_store import (
     read_expiring,
     read_ledger,
 )
-from ..adapters.tables import lot_portions, redemptions
+from ..adapters.tables import POINTS_LEDGER, LedgerTables, redemptions
 from ..domain.ledger import Account, InsufficientPoints, Portion, Source
 from .ledger_events import publish_operations
 
@@ -58,15 +58,26 @@ async def ledger_page(
 
 @asynccontextmanager
 async def one_account(
-    runtime: Runtime, member_id: str
+    runtime: Runtime, member_id: str, ledger: LedgerTables = POINTS_LEDGER
 ) -> AsyncIterator[tuple[LedgerBatch, Account]]:
-    """A unit of work on one member's ledger: locked, changed in memory, written on exit."""
+    """A unit of work on one member's ledger: locked, changed in memory, written on exit.
+    The points ledger reports its operations as points.* events; other assets their own."""
     async with runtime.transaction() as conn:
-        batch = LedgerBatch(conn, runtime.clock.now())
+        batch = LedgerBatch(conn, runtime.clock.now(), ledger)
         await batch.load([member_id])
         yield batch, batch.accounts[member_id]
-        await publish_operations(conn, batch)
+        if ledger is POINTS_LEDGER:
+            await publish_operations(conn, batch)
         await batch.flush()
+
+
+async def give_back(batch: LedgerBatch, account: Account, entry_id: str, source: Source) -> None:
+    """Return what an entry took (a redemption, a spend) to the lots it came from."""
+    portions = batch.ledger.portions
+    rows = (await batch.conn.execute(select(portions).where(portions.c.entry_id == entry_id))).all()
+    await batch.load_lots(row.lot_id for row in rows)
+    taken = [Portion(r.entry_id, r.lot_id, r.points, r.expires_at) for r in rows]
+    account.cancel_redemption(taken, entry_id=monotonic_ulid(), source=source, now=batch.now)
 
 
 def _insufficient(exc: InsufficientPoints) -> Unprocessable:
@@ -132,18 +143,8 @@ async def cancel_redemption(runtime: Runtime, redemption_id: str) -> dict[str, A
         entry_id = done.scalar()
         if entry_id is None:
             raise Conflict("redemption_cancelled", "this redemption was cancelled already")
-        rows = (
-            await batch.conn.execute(
-                select(lot_portions).where(lot_portions.c.entry_id == entry_id)
-            )
-        ).all()
-        await batch.load_lots(row.lot_id for row in rows)
-        taken = [Portion(r.entry_id, r.lot_id, r.points, r.expires_at) for r in rows]
-        account.cancel_redemption(
-            taken,
-            entry_id=monotonic_ulid(),
-            source=Source(order_id=found.order_id, redemption_id=redemption_id),
-            now=batch.now,
+        await give_back(
+            batch, account, entry_id, Source(order_id=found.order_id, redemption_id=redemption_id)
         )
         return {
             "redemption_id": redemption_id,

@@ -6,8 +6,6 @@ refund gives a spend back to the lots it came from. Amounts are minor units.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,23 +23,13 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ..adapters.ledger_store import LedgerBatch, load_rulebook, read_account, read_ledger
-from ..adapters.tables import VALUE_LEDGER, top_ups, value_portions, value_spends
-from ..domain.ledger import Account, InsufficientPoints, Portion, Source
+from ..adapters.tables import VALUE_LEDGER, top_ups, value_spends
+from ..domain.ledger import InsufficientPoints, Source
 from ..domain.rules import TopUpBonusParams
+from .accounts import give_back, one_account
 from .ledger_events import SOURCE
 
 NEVER = datetime(9999, 12, 31, tzinfo=UTC)
-
-
-@asynccontextmanager
-async def _value_account(
-    runtime: Runtime, member_id: str
-) -> AsyncIterator[tuple[LedgerBatch, Account]]:
-    async with runtime.transaction() as conn:
-        batch = LedgerBatch(conn, runtime.clock.now(), VALUE_LEDGER)
-        await batch.load([member_id])
-        yield batch, batch.accounts[member_id]
-        await batch.flush()
 
 
 async def _emit(batch: LedgerBatch, event_type: str, data: Any, member_id: str) -> None:
@@ -58,7 +46,7 @@ async def top_up(
     async with runtime.engine.connect() as conn:
         if await read_account(conn, member_id) is None:
             raise NotFound(f"no member '{member_id}' is known to the points service")
-    async with _value_account(runtime, member_id) as (batch, account):
+    async with one_account(runtime, member_id, VALUE_LEDGER) as (batch, account):
         top_up_id = monotonic_ulid()
         rules = await load_rulebook(batch.conn)
         bonus_rule: TopUpBonusParams | None = rules.enabled("top_up_bonus")
@@ -133,7 +121,7 @@ async def top_up(
 async def spend(
     runtime: Runtime, *, member_id: str, amount_minor: int, reason: str, order_id: str | None
 ) -> dict[str, Any]:
-    async with _value_account(runtime, member_id) as (batch, account):
+    async with one_account(runtime, member_id, VALUE_LEDGER) as (batch, account):
         spend_id = monotonic_ulid()
         try:
             entry = account.redeem(
@@ -191,7 +179,7 @@ async def refund_spend(runtime: Runtime, spend_id: str) -> dict[str, Any]:
         ).first()
     if found is None:
         raise NotFound(f"no stored-value spend '{spend_id}'")
-    async with _value_account(runtime, found.member_id) as (batch, account):
+    async with one_account(runtime, found.member_id, VALUE_LEDGER) as (batch, account):
         entry_id = await batch.conn.scalar(
             update(value_spends)
             .where(value_spends.c.spend_id == spend_id, value_spends.c.status == "spent")
@@ -200,17 +188,8 @@ async def refund_spend(runtime: Runtime, spend_id: str) -> dict[str, Any]:
         )
         if entry_id is None:
             raise Conflict("spend_refunded", "this spend was refunded already")
-        rows = (
-            await batch.conn.execute(
-                select(value_portions).where(value_portions.c.entry_id == entry_id)
-            )
-        ).all()
-        await batch.load_lots(r.lot_id for r in rows)
-        account.cancel_redemption(
-            [Portion(r.entry_id, r.lot_id, r.points, r.expires_at) for r in rows],
-            entry_id=monotonic_ulid(),
-            source=Source(order_id=found.order_id, redemption_id=spend_id),
-            now=batch.now,
+        await give_back(
+            batch, account, entry_id, Source(order_id=found.order_id, redemption_id=spend_id)
         )
         await _emit(
             batch,
