@@ -20,6 +20,7 @@ from .auth import key_id
 from .errors import PROBLEM_MEDIA_TYPE, problem_body
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 32  # no request of the contract nests deeper than a handful of levels
 STALE_AFTER_SECONDS = 60
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -153,6 +154,14 @@ class WriteGuardMiddleware:
                 "the body must be JSON (Content-Type: application/json)",
             )
             return
+        if (
+            body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH  # cheap: most bodies stop here
+            and json_depth(body) > MAX_JSON_DEPTH
+        ):
+            await _send_problem(
+                send, 422, "validation_error", f"the JSON nests deeper than {MAX_JSON_DEPTH} levels"
+            )
+            return
         replay_receive = _replaying(body, receive)
         idem_key = headers.get("idempotency-key")
         if not idem_key or scope["method"] != "POST":
@@ -253,6 +262,29 @@ def _bearer_token(authorization: str) -> str:
     """The API key as `ApiKeys.authenticate` reads it, so that one key is one principal."""
     scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else authorization
+
+
+def json_depth(body: bytes) -> int:
+    """How deep brackets nest in a JSON text (strings skipped), without parsing it: a hostile
+    body of a million `[` is refused before any parser recurses into it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 async def _read_body(receive: Receive) -> bytes:

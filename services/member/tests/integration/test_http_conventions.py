@@ -710,3 +710,17 @@ async def test_without_a_key_nothing_else_is_judged(client, member, content, con
     )
     assert_problem(response, 401, "unauthorized")
     assert await snapshot(member) == before
+
+
+async def test_deeply_nested_json_is_refused_before_parsing(client, member):
+    before = await snapshot(member)
+    deep = b'{"phone": "13900000000", "consents": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    response = await client.post(
+        "/v1/members", content=deep, headers={"Content-Type": "application/json"}
+    )
+    assert_problem(response, 422, "validation_error")
+    assert "nests deeper" in response.json()["detail"]
+    assert await snapshot(member) == before
+    # Brackets inside strings do not count.
+    fine = await client.post("/v1/members", json={"phone": new_phone(), "name": "[" * 100})
+    assert fine.status_code == 201
