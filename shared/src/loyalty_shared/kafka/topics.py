@@ -16,7 +16,12 @@ def dlq_topic(topic: str, group: str) -> str:
 
 
 async def ensure_topics(
-    bootstrap: str, topics: list[str], partitions: int, *, attempts: int = 60
+    bootstrap: str,
+    topics: list[str],
+    partitions: int,
+    replication: int = 1,
+    *,
+    attempts: int = 60,
 ) -> set[str]:
     """Create the topics that do not exist yet; answer the ones this call created.
 
@@ -33,7 +38,13 @@ async def ensure_topics(
             for topic in missing:
                 try:
                     await admin.create_topics(
-                        [NewTopic(name=topic, num_partitions=partitions, replication_factor=1)]
+                        [
+                            NewTopic(
+                                name=topic,
+                                num_partitions=partitions,
+                                replication_factor=replication,
+                            )
+                        ]
                     )
                     created.add(topic)
                 except TopicAlreadyExistsError:
