@@ -145,3 +145,30 @@ async def test_an_unknown_job_is_404(database: str, kafka_bootstrap: str):
         assert response.json()["jobs"] == ["tally"]
     finally:
         await service.stop()
+
+
+async def test_workers_run_with_the_service_and_stop_with_it(database: str, kafka_bootstrap: str):
+    ticks: list[int] = []
+    stopped = asyncio.Event()
+
+    async def heartbeat(runtime: Runtime) -> None:
+        try:
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0.01)
+        finally:
+            stopped.set()
+
+    definition_ = definition(Recorder())
+    definition_.workers = [heartbeat]
+    service = await start_service(definition_, database_url=database, bootstrap=kafka_bootstrap)
+    try:
+        async with asyncio.timeout(10):
+            while len(ticks) < 3:
+                await asyncio.sleep(0.01)
+    finally:
+        await service.stop()
+    assert stopped.is_set()
+    count = len(ticks)
+    await asyncio.sleep(0.05)
+    assert len(ticks) == count

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,6 +44,9 @@ class ServiceDefinition:
     consumes: list[str] = field(default_factory=list)
     handlers: Callable[[Runtime], Handlers] | None = None
     jobs: list[Job] = field(default_factory=list)
+    # Long-running loops of the service's own (a dispatcher, say), started with the runtime's
+    # background work and cancelled when it stops.
+    workers: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = field(default_factory=list)
     description: str = ""
     version: str = "0.1.0"
 
@@ -105,6 +108,19 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._start_messaging(), name=f"{self.name}-kafka"))
         if self.settings.scheduler_enabled and self.jobs:
             self._tasks.append(asyncio.create_task(scheduler(self), name=f"{self.name}-jobs"))
+        for worker in self.definition.workers:
+            self.spawn(worker(self), name=f"{self.name}-{getattr(worker, '__name__', 'worker')}")
+
+    def spawn(self, work: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run work in the background for as long as the service runs; stop() cancels it."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     async def _start_messaging(self) -> None:
         topics = list(self.definition.publishes) + list(self.definition.consumes)
@@ -124,9 +140,10 @@ class Runtime:
         await asyncio.gather(*runners)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
