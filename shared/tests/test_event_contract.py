@@ -70,6 +70,8 @@ CONTRACT: dict[str, tuple[str, ...]] = {
         "coupon.released",
         "coupon.expired",
         "coupon.expiring_soon",
+        # Added after contract.md section 2 was written (additive): campaign control groups.
+        "coupon.holdout_assigned",
     ),
     SEGMENTS: ("segment.entered", "segment.exited", "member.lifecycle_changed"),
     NOTIFICATIONS: ("notification.sent", "notification.failed", "notification.suppressed"),

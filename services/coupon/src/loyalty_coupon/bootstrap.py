@@ -20,7 +20,8 @@ from .service_layer.triggers import handlers
 
 @dataclass
 class CouponDefinition(ServiceDefinition):
-    """The service definition plus where the points service and the segmenter are."""
+    """The service definition plus where the points service, the segmenter and the member
+    service are."""
 
     neighbours: Neighbours = field(default_factory=Neighbours)
 
@@ -30,6 +31,7 @@ def definition(
     settings: CouponSettings | None = None,
     points_transport: httpx.AsyncBaseTransport | None = None,
     segmenter_transport: httpx.AsyncBaseTransport | None = None,
+    member_transport: httpx.AsyncBaseTransport | None = None,
 ) -> CouponDefinition:
     return CouponDefinition(
         name="coupon",
@@ -45,5 +47,6 @@ def definition(
             settings=settings or CouponSettings(),
             points_transport=points_transport,
             segmenter_transport=segmenter_transport,
+            member_transport=member_transport,
         ),
     )

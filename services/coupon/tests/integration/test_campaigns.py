@@ -4,6 +4,7 @@ the expire and expiry-notice jobs."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import date, timedelta
 
@@ -118,6 +119,82 @@ async def test_holdout_is_recorded_and_gets_nothing(coupon, kit):
     results = (await coupon.client.get(f"/v1/campaigns/{c['code']}")).json()["results"]
     assert results["members_holdout"] == len(held)
     assert results["members_issued"] == len(members) - len(held)
+
+
+async def _holdout_events(coupon, kit, member: str, campaign_code: str) -> list[dict]:
+    events = await kit.events_of(coupon, member, "coupon.holdout_assigned")
+    return [e for e in events if e["data"]["campaign_code"] == campaign_code]
+
+
+async def test_holdout_is_announced_once_per_record(coupon, kit):
+    t = await kit.template(coupon, per_member_limit=10)
+    c = await kit.campaign(
+        coupon, [t["code"]], {"type": "segment.entered", "segment_code": "wb"}, holdout_percent=40
+    )
+    members = [kit.unique("ha") for _ in range(30)]
+    held = [m for m in members if in_holdout(c["code"], m, 40)]
+    assert 0 < len(held) < len(members)
+    first = [kit.entered(m, "wb") for m in members]
+    await kit.deliver(coupon, *first)
+    await kit.deliver(coupon, *first)  # redelivered: the inbox skips it
+    # The same facts under new event ids: the grant key refuses them, nothing is said again.
+    await kit.deliver(coupon, *[replace(e, id=kit.unique("again-")) for e in first])
+
+    for m, event in zip(members, first, strict=True):
+        announced = await _holdout_events(coupon, kit, m, c["code"])
+        if m not in held:
+            assert announced == []
+            continue
+        (one,) = announced  # keyed by member: events_of reads the outbox by key
+        assert one["subject"] == m and one["source"] == "loyalty/coupon"
+        assert one["data"] == {
+            "member_id": m,
+            "campaign_code": c["code"],
+            "trigger": "segment.entered",
+            "grant_key": f"segment:wb:{kit.T0.isoformat()}",
+            "assigned_via": "campaign",
+            "trigger_event_id": event.id,
+            "occurred_at": one["time"],
+        }
+    records = await kit.scalar(
+        coupon,
+        "SELECT count(*) FROM campaign_grants WHERE campaign_code = :c AND outcome = 'holdout'",
+        c=c["code"],
+    )
+    assert records == len(held)
+
+    # Another fact is another record: entering the segment again a day later.
+    later = kit.T0 + timedelta(days=1)
+    await kit.deliver(coupon, *[kit.entered(m, "wb", at=later) for m in held[:2]])
+    for m in held[:2]:
+        keys = [e["data"]["grant_key"] for e in await _holdout_events(coupon, kit, m, c["code"])]
+        assert keys == [f"segment:wb:{kit.T0.isoformat()}", f"segment:wb:{later.isoformat()}"]
+
+
+async def test_a_bulk_issue_announces_its_holdout_once(coupon, kit):
+    t = await kit.template(coupon)
+    c = await kit.campaign(coupon, [t["code"]], {"type": "manual"}, holdout_percent=50)
+    members = [kit.unique("hb") for _ in range(12)]
+    held = [m for m in members if in_holdout(c["code"], m, 50)]
+    assert 0 < len(held) < len(members)
+    response = await coupon.client.post(
+        f"/v1/campaigns/{c['code']}/issue", json={"member_ids": [*members, *members[:3]]}
+    )
+    job_id = response.json()["job_id"]
+    for _ in range(200):
+        job = (await coupon.client.get(f"/v1/jobs/{job_id}")).json()
+        if job["status"] == "completed":
+            break
+        await asyncio.sleep(0.02)
+    assert job["holdout"] == len(held)
+    for m in members:
+        announced = await _holdout_events(coupon, kit, m, c["code"])
+        assert len(announced) == (1 if m in held else 0)
+        for e in announced:
+            assert e["data"]["assigned_via"] == "bulk_issue"
+            assert e["data"]["job_id"] == job_id
+            assert e["data"]["grant_key"] == f"job:{job_id}"
+            assert e["data"]["trigger"] == "manual"
 
 
 async def test_invalid_campaigns(coupon, kit):

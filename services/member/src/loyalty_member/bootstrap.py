@@ -11,7 +11,7 @@ from loyalty_shared.service import ServiceDefinition
 
 import loyalty_member
 
-from .entrypoints import cards, checkins, events, feedback, members, orders, tiers
+from .entrypoints import birthdays, cards, checkins, events, feedback, members, orders, tiers
 from .service_layer.tiers import review_tiers
 
 
@@ -28,6 +28,7 @@ def definition() -> ServiceDefinition:
             orders.router,
             cards.router,
             tiers.router,
+            birthdays.router,
         ],
         publishes=[MEMBERS, ORDERS],
         consumes=[POINTS],

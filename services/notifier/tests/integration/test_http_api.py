@@ -109,6 +109,8 @@ async def test_invalid_templates_are_refused_with_the_error(notifier: Harness):
         "/v1/templates/order.shipped/fax/en": {"body": "hi"},
         "/v1/templates/order.shipped/sms/fr": {"body": "hi"},
         "/v1/templates/no.such_event/sms/en": {"body": "hi"},
+        # the control group of a campaign must never learn it is one
+        "/v1/templates/coupon.holdout_assigned/sms/en": {"body": "you were left out"},
     }
     for path, body in cases.items():
         response = await notifier.client.put(path, json=body)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loyalty_shared.events import Event, make_event
-from loyalty_shared.events.coupons import CouponIssued, CouponRedeemed
+from loyalty_shared.events.coupons import CouponHoldoutAssigned, CouponIssued, CouponRedeemed
 from loyalty_shared.events.members import MemberErased, MemberRegistered, MemberTierChanged
 from loyalty_shared.events.orders import OrderCancelled, OrderLine, OrderPaid, OrderRefunded
 from loyalty_shared.events.points import LedgerPortion, PointsCredited, PointsDebited
@@ -174,3 +174,15 @@ def coupon_redeemed(member_id: str, code: str, campaign: str, order_id: str, at=
         occurred_at=at,
     )
     return _event("coupon.redeemed", data, member_id, at)
+
+
+def holdout_assigned(member_id: str, campaign: str, grant_key: str, at=T0):
+    data = CouponHoldoutAssigned(
+        member_id=member_id,
+        campaign_code=campaign,
+        trigger="segment.entered",
+        grant_key=grant_key,
+        assigned_via="campaign",
+        occurred_at=at,
+    )
+    return _event("coupon.holdout_assigned", data, member_id, at)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest_asyncio
+from sqlalchemy import text
 
 from .events import (
     cancelled,
@@ -13,6 +15,8 @@ from .events import (
     credited,
     debited,
     deliver,
+    holdout_assigned,
+    next_id,
     paid,
     refunded,
     registered,
@@ -162,6 +166,141 @@ async def test_campaign_results(segmenter, data_set):
     assert body["holdout"] is None and "holdout" in body["limitations"][0]
     missing = await segmenter.client.get("/v1/analytics/campaigns/NOPE")
     assert missing.status_code == 404
+
+
+@pytest_asyncio.fixture(scope="module")
+async def holdout_set(segmenter, clock, data_set):
+    """Campaign SPRING (window 30 days), members R1-R3 and H1-H2 registered on 2026-03-01,
+    after WINBACK's first issue, so they stay out of its comparison group:
+
+    R1: coupon Apr 1; orders Mar 25 (6000, before), Apr 10 (12000), May 5 (8000, after May 1)
+    R2: coupons Apr 1 and Apr 10 (window from the first); Apr 15 (9000, redeems its coupon,
+        discount 1000), Apr 20 (3000, cancelled)
+    R3: coupon Apr 5; no order
+    H1: held out Apr 1; Apr 20 (6000)
+    H2: held out Apr 5, again Apr 20 (another grant key; window from the first);
+        May 1 (4000, 1000 refunded: 3000 net, inside Apr 5 + 30 days)
+    receivers 3 members, 2 buyers, 21000 -> 7000.0 a member, response 66.67
+    holdout   2 members, 2 buyers,  9000 -> 4500.0 a member, response 100.0
+    lift 2500.0 a member (55.56 %), response -33.33 points, incremental 2500 x 3 = 7500.0
+    comparison: A-F (registered before Apr 1, neither group), no order Apr 1 - May 1
+    """
+    clock.set(at(5, 10))
+    try:
+        await deliver(segmenter, *(registered(m, at(3, 1)) for m in ("R1", "R2", "R3", "H1", "H2")))
+        twice = holdout_assigned("H2", "SPRING", "segment:wb:1", at(4, 5))
+        await deliver(
+            segmenter,
+            coupon_issued("R1", "CPN-R1", "SPRING", at(4, 1)),
+            coupon_issued("R2", "CPN-R2", "SPRING", at(4, 1)),
+            coupon_issued("R3", "CPN-R3", "SPRING", at(4, 5)),
+            coupon_issued("R2", "CPN-R2B", "SPRING", at(4, 10)),
+            holdout_assigned("H1", "SPRING", "segment:wb:1", at(4, 1)),
+            twice,
+            holdout_assigned("H2", "SPRING", "segment:wb:2", at(4, 20)),
+        )
+        # The same holdout record again under another event id: one row still.
+        await deliver(segmenter, replace(twice, id=next_id("again-")))
+        await deliver(
+            segmenter,
+            paid("R1", "r1a", 6000, at(3, 25)),
+            paid("R1", "r1b", 12000, at(4, 10)),
+            paid("R1", "r1c", 8000, at(5, 5)),
+            paid("R2", "r2a", 9000, at(4, 15), coupon_codes=["CPN-R2"]),
+            paid("R2", "r2b", 3000, at(4, 20)),
+            paid("H1", "h1a", 6000, at(4, 20)),
+            paid("H2", "h2a", 4000, at(5, 1)),
+        )
+        await deliver(
+            segmenter,
+            coupon_redeemed("R2", "CPN-R2", "SPRING", "r2a", at(4, 15)),
+            cancelled("R2", "r2b", 3000, at(4, 21)),
+            refunded("H2", "h2a", 1000, 1000, 4000, at(5, 2)),
+        )
+    finally:
+        clock.set(at(3, 10))
+
+
+async def test_campaign_results_against_the_holdout(segmenter, holdout_set, clock):
+    clock.set(at(6, 1))
+    try:
+        body = await get(segmenter, "campaigns/SPRING", window_days=30)
+    finally:
+        clock.set(at(3, 10))
+    assert (body["issued"], body["redeemed"], body["redemption_rate"]) == (4, 1, 25.0)
+    assert body["discount_minor"] == 1000
+    assert body["receivers"] == {
+        "members": 3,
+        "buyers": 2,
+        "orders": 2,
+        "revenue_minor": 21000,
+        "revenue_per_member_minor": 7000.0,
+        "response_rate": 66.67,
+    }
+    assert body["holdout"] == {
+        "members": 2,
+        "buyers": 2,
+        "orders": 2,
+        "revenue_minor": 9000,
+        "revenue_per_member_minor": 4500.0,
+        "response_rate": 100.0,
+    }
+    assert body["lift"] == {
+        "baseline": "holdout",
+        "revenue_per_member_minor": 2500.0,
+        "revenue_per_member_pct": 55.56,
+        "response_rate_points": -33.33,
+        "incremental_revenue_minor": 7500.0,
+    }
+    assert body["revenue_per_member_lift_minor"] == 2500.0
+    async with segmenter.runtime.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT member_id, grant_key FROM campaign_holdouts "
+                "WHERE campaign_code = 'SPRING' ORDER BY 1, 2"
+            )
+        )
+        # H2's record redelivered under another id is one row; its second grant key another.
+        assert [tuple(r) for r in rows] == [
+            ("H1", "segment:wb:1"),
+            ("H2", "segment:wb:1"),
+            ("H2", "segment:wb:2"),
+        ]
+    assert body["comparison"] == {
+        "group": "non_receivers",
+        "members": 6,
+        "buyers": 0,
+        "orders": 0,
+        "revenue_minor": 0,
+        "revenue_per_member_minor": 0.0,
+        "response_rate": 0.0,
+    }
+    # Windows run from Apr 1 (R1, R2, H1) to Apr 5 (R3, H2) + 30 days, all over by Jun 1.
+    assert body["period"] == {"start": "2026-04-01T00:00:00Z", "end": "2026-05-05T00:00:00Z"}
+    assert body["windows_complete"] is True and body["window_days"] == 30
+    assert body["definitions"]["holdout"] and body["definitions"]["lift"]
+    assert not any("non-receivers" in text for text in body["limitations"])
+
+    # Ten days: only R1's Apr 10 order (12000, before Apr 11) and nothing of the holdout's.
+    week = await get(segmenter, "campaigns/SPRING", window_days=10)
+    assert week["receivers"]["revenue_minor"] == 12000
+    assert week["receivers"]["revenue_per_member_minor"] == 4000.0
+    assert week["holdout"]["revenue_minor"] == 0
+    assert week["lift"]["revenue_per_member_minor"] == 4000.0
+    assert week["lift"]["revenue_per_member_pct"] is None  # the holdout's is 0
+    # Asked on Mar 10 (the module's clock), every window is still open.
+    assert week["windows_complete"] is False
+    assert any("still open" in text for text in week["limitations"])
+
+
+async def test_a_campaign_with_only_holdout_members_answers(segmenter, holdout_set):
+    await deliver(segmenter, holdout_assigned("R1", "ALL-HELD", "registered", at(4, 1)))
+    body = await get(segmenter, "campaigns/ALL-HELD", window_days=30)
+    assert body["issued"] == 0 and body["redemption_rate"] is None
+    assert body["receivers"]["members"] == 0
+    assert body["receivers"]["revenue_per_member_minor"] is None
+    assert body["holdout"]["members"] == 1 and body["holdout"]["revenue_minor"] == 12000
+    assert body["lift"]["revenue_per_member_minor"] is None
 
 
 async def test_bad_periods_are_422(segmenter):

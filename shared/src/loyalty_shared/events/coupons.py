@@ -1,4 +1,5 @@
-"""Events on `loyalty.coupons`: a coupon's life from issue to redemption, release or expiry."""
+"""Events on `loyalty.coupons`: a coupon's life from issue to redemption, release or expiry,
+and the members a campaign held out (its control group)."""
 
 from __future__ import annotations
 
@@ -187,3 +188,61 @@ class CouponExpiringSoon(_CouponEvent):
     )
     min_spend_minor: int | None = Field(default=None, ge=0)
     currency: str = "CNY"
+
+
+@event_type("coupon.holdout_assigned", topic=COUPONS)
+class CouponHoldoutAssigned(EventData):
+    """A member was held out of a campaign: a trigger or bulk issue would have given them the
+    campaign's coupons, but they fall in its deterministic control group (`holdout_percent`),
+    so they got nothing. Emitted once per holdout record, i.e. once per (campaign, member,
+    grant_key), in the transaction that records it; campaign results compare the receivers
+    with these members."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": _MEMBER,
+                    "campaign_code": "FIRST-ORDER",
+                    "trigger": "first_order",
+                    "grant_key": f"order:{_ORDER}",
+                    "assigned_via": "campaign",
+                    "trigger_event_id": "01JDQ4B7C8D9E0F1G2H3J4K5M6",
+                    "occurred_at": "2026-11-24T02:15:21Z",
+                },
+                {
+                    "member_id": _MEMBER,
+                    "campaign_code": "WINBACK-Q4",
+                    "trigger": "manual",
+                    "grant_key": "job:01JDQ5C1D2E3F4G5H6J7K8M9N0",
+                    "assigned_via": "bulk_issue",
+                    "job_id": "01JDQ5C1D2E3F4G5H6J7K8M9N0",
+                    "occurred_at": "2026-11-25T01:00:00Z",
+                },
+            ]
+        },
+    )
+
+    member_id: str
+    campaign_code: str
+    trigger: str = Field(
+        description="the campaign's trigger type: member.registered, first_order, nth_order, "
+        "segment.entered, tier_changed, birthday, checkin_streak or manual"
+    )
+    grant_key: str = Field(
+        description="the coupon service's grant key, one holdout per (campaign, member, "
+        "grant_key): the triggering fact (`registered`, `order:<order_id>`, "
+        "`segment:<code>:<as_of>`, `tier:<tier>:<at>`, `checkin:<date>`) or the bulk issue "
+        "(`job:<job_id>`, `birthday:<year>`)"
+    )
+    assigned_via: Literal["campaign", "bulk_issue"] = Field(
+        description="a consumed event triggered the campaign, or a bulk issue ran it"
+    )
+    trigger_event_id: str | None = Field(
+        default=None, description="the event that triggered the campaign, if any"
+    )
+    job_id: str | None = Field(default=None, description="the bulk issue job")
+    occurred_at: AwareDatetime = Field(
+        description="when the member was held out (the time coupons would have been issued)"
+    )

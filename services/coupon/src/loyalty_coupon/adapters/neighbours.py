@@ -1,9 +1,11 @@
-"""HTTP clients of the coupon service's neighbours: the points service (exchanges) and the
-segmenter (members of a segment, for bulk issue). Tests swap the transports."""
+"""HTTP clients of the coupon service's neighbours: the points service (exchanges), the
+segmenter (members of a segment, for bulk issue) and the member service (whose birthday falls on
+a day, for birthday campaigns). Tests swap the transports."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,6 +41,7 @@ class Neighbours:
     settings: CouponSettings = field(default_factory=CouponSettings)
     points_transport: httpx.AsyncBaseTransport | None = None
     segmenter_transport: httpx.AsyncBaseTransport | None = None
+    member_transport: httpx.AsyncBaseTransport | None = None
 
     def _client(
         self, runtime: Runtime, service: str, url: str, key: str, transport: Any
@@ -67,6 +70,12 @@ class Neighbours:
             self._client(
                 runtime, "segmenter", s.segmenter_url, s.segmenter_api_key, self.segmenter_transport
             )
+        )
+
+    def member(self, runtime: Runtime) -> MemberClient:
+        s = self.settings
+        return MemberClient(
+            self._client(runtime, "member", s.member_url, s.member_api_key, self.member_transport)
         )
 
 
@@ -158,4 +167,37 @@ class SegmenterClient:
             member_id = item.get("member_id") if isinstance(item, dict) else item
             if isinstance(member_id, str) and member_id:
                 members.append(member_id)
+        return members, body.get("next_cursor")
+
+
+class MemberClient:
+    PAGE_LIMIT = 500  # the most the member service answers in one page
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def __aenter__(self) -> MemberClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+    async def birthdays_page(
+        self, on: date, *, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """One page of the members whose birthday is celebrated on `on` (29 February birthdays
+        on 28 February in other years: the member service decides, given the year)."""
+        params: dict[str, Any] = {
+            "on": f"{on:%m-%d}",
+            "year": on.year,
+            "limit": max(1, min(limit, self.PAGE_LIMIT)),
+        }
+        if cursor:
+            params["cursor"] = cursor
+        body = await _call(self.client, "GET", "/v1/members:birthdays", params=params)
+        members = [
+            item["member_id"]
+            for item in body.get("items", [])
+            if isinstance(item, dict) and isinstance(item.get("member_id"), str)
+        ]
         return members, body.get("next_cursor")

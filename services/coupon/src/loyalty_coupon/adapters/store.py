@@ -242,7 +242,11 @@ async def count_issued(
         )
 
 
-async def insert_grants(conn: AsyncConnection, grants: list[Grant], now: datetime) -> None:
+async def insert_grants(
+    conn: AsyncConnection, grants: list[Grant], now: datetime
+) -> set[tuple[str, str, str]]:
+    """Record the grants (duplicates excluded); answers the (campaign, member, key) receipts
+    this statement actually inserted, so that what follows a record happens once with it."""
     rows = [
         {
             "campaign_code": g.request.campaign_code,
@@ -262,8 +266,8 @@ async def insert_grants(conn: AsyncConnection, grants: list[Grant], now: datetim
     # `reasons` is an array per row: unnest cannot take an array of arrays, so it travels as
     # its text form and is cast back.
     if not rows:
-        return
-    await conn.execute(
+        return set()
+    result = await conn.execute(
         text(
             "INSERT INTO campaign_grants (campaign_code, member_id, trigger_key, outcome, "
             "coupons_issued, reasons, via, event_id, job_id, created_at) "
@@ -271,7 +275,7 @@ async def insert_grants(conn: AsyncConnection, grants: list[Grant], now: datetim
             "CAST(:c AS text[]), CAST(:m AS text[]), CAST(:k AS text[]), CAST(:o AS text[]), "
             "CAST(:n AS int[]), CAST(:r AS text[]), CAST(:v AS text[]), CAST(:e AS text[]), "
             "CAST(:j AS text[]), CAST(:t AS timestamptz[])) AS x(c, m, k, o, n, r, v, e, j, t) "
-            "ON CONFLICT DO NOTHING"
+            "ON CONFLICT DO NOTHING RETURNING campaign_code, member_id, trigger_key"
         ),
         {
             "c": [r["campaign_code"] for r in rows],
@@ -286,3 +290,4 @@ async def insert_grants(conn: AsyncConnection, grants: list[Grant], now: datetim
             "t": [r["created_at"] for r in rows],
         },
     )
+    return {(r.campaign_code, r.member_id, r.trigger_key) for r in result}

@@ -117,8 +117,8 @@ bulk_jobs = Table(
     metadata,
     Column("job_id", String(32), primary_key=True),
     Column("campaign_code", String(64), nullable=False),
-    Column("source", String(16), nullable=False),  # member_ids | segment
-    Column("segment_code", String(64)),
+    Column("source", String(16), nullable=False),  # member_ids | segment | birthdays
+    Column("segment_code", String(64)),  # birthdays: the day, YYYY-MM-DD (Asia/Shanghai)
     Column("member_ids", ARRAY(Text)),
     Column("status", String(16), nullable=False),  # queued | running | completed | failed
     Column("position", Integer, nullable=False),  # member_ids: how many are done

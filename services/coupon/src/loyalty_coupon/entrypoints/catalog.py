@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any, Literal, Self
 
 from fastapi import APIRouter, Path, Query
@@ -222,8 +223,11 @@ class JobPublic(BaseModel):
     job_id: str
     kind: Literal["bulk_issue"]
     campaign_code: str
-    source: Literal["member_ids", "segment"]
+    source: Literal["member_ids", "segment", "birthdays"]
     segment_code: str | None
+    birthdays_on: date | None = Field(
+        default=None, description="`birthdays` jobs: the day (Asia/Shanghai) it issues for"
+    )
     status: Literal["queued", "running", "completed", "failed"]
     total: int | None = Field(description="members to go through (a segment's is not known)")
     processed: int
@@ -233,7 +237,9 @@ class JobPublic(BaseModel):
     not_issued: int = Field(description="members refused: budget, stock or per-member limit")
     duplicates: int = Field(description="members this job (or this year's birthday) had served")
     pages_done: int
-    attempts: int = Field(description="failures in a row of the segmenter; retried every minute")
+    attempts: int = Field(
+        description="failures in a row of the segmenter (member service); retried every minute"
+    )
     last_error: str | None
     created_at: AwareDatetime
     updated_at: AwareDatetime

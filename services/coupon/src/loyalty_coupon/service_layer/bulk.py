@@ -1,13 +1,15 @@
-"""Bulk issue: a campaign's coupons to a list of members or a segment, as a background job that
-records its progress with every chunk it issues, so it resumes where it stopped after a
-restart, and never issues twice to one member for one job (the grant key `job:<job_id>`)."""
+"""Bulk issue: a campaign's coupons to a list of members, a segment, or the members whose
+birthday is on a day (the `birthday` job), as a background job that records its progress with
+every chunk it issues, so it resumes where it stopped after a restart, and never issues twice to
+one member for one job (the grant key `job:<job_id>`; `birthday:<year>` for birthday campaigns)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 from loyalty_shared.errors import NotFound, Unprocessable
@@ -23,17 +25,57 @@ from .issuing import grant_campaigns
 
 log = structlog.get_logger(__name__)
 
-MAX_ATTEMPTS = 20  # failures of the segmenter before a job gives up
+MAX_ATTEMPTS = 20  # failures of the segmenter (member service) before a job gives up
+PLATFORM_ZONE = ZoneInfo("Asia/Shanghai")  # the platform's default zone: whose day and year
 _JOB_LOCK_CLASS = 7302
 _running: set[asyncio.Task[Any]] = set()  # strong references to the jobs running here
 
 
-def grant_key(campaign: Campaign, job_id: str, now: datetime) -> str:
-    """A birthday campaign gives once per member per year, however often a marketer runs it;
-    any other bulk issue once per member per job."""
+def grant_key(campaign: Campaign, job_id: str, now: datetime, on: date | None = None) -> str:
+    """A birthday campaign gives once per member per year, however often a marketer runs it:
+    the year of the day a `birthdays` job issues for (`on`), else of `now` in the platform's
+    zone; any other bulk issue once per member per job."""
     if campaign.trigger_type == "birthday":
-        return f"birthday:{now.year}"
+        year = on.year if on is not None else now.astimezone(PLATFORM_ZONE).year
+        return f"birthday:{year}"
     return f"job:{job_id}"
+
+
+def birthdays_day(job: Any) -> date | None:
+    """The day a `birthdays` job issues for; its `segment_code` column holds it (YYYY-MM-DD)."""
+    return date.fromisoformat(job.segment_code) if job.source == "birthdays" else None
+
+
+def new_job(
+    job_id: str,
+    campaign_code: str,
+    source: str,
+    now: datetime,
+    *,
+    segment_code: str | None = None,
+    member_ids: list[str] | None = None,
+) -> dict[str, Any]:
+    """The `bulk_jobs` row of a job not started yet."""
+    return {
+        "job_id": job_id,
+        "campaign_code": campaign_code,
+        "source": source,
+        "segment_code": segment_code,
+        "member_ids": member_ids,
+        "status": "queued",
+        "position": 0,
+        "pages_done": 0,
+        "total": len(member_ids) if member_ids is not None else None,
+        "processed": 0,
+        "issued": 0,
+        "coupons_issued": 0,
+        "holdout": 0,
+        "not_issued": 0,
+        "duplicates": 0,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 async def start_bulk_issue(
@@ -52,26 +94,12 @@ async def start_bulk_issue(
                 f"{campaign.starts_at or '-'} to {campaign.ends_at or '-'}",
             )
         ids = list(dict.fromkeys(member_ids)) if member_ids is not None else None
+        source = "member_ids" if ids is not None else "segment"
         await conn.execute(
             bulk_jobs.insert().values(
-                job_id=job_id,
-                campaign_code=campaign_code,
-                source="member_ids" if ids is not None else "segment",
-                segment_code=segment_code,
-                member_ids=ids,
-                status="queued",
-                position=0,
-                pages_done=0,
-                total=len(ids) if ids is not None else None,
-                processed=0,
-                issued=0,
-                coupons_issued=0,
-                holdout=0,
-                not_issued=0,
-                duplicates=0,
-                attempts=0,
-                created_at=now,
-                updated_at=now,
+                new_job(
+                    job_id, campaign_code, source, now, segment_code=segment_code, member_ids=ids
+                )
             )
         )
     spawn(runtime, job_id)
@@ -90,7 +118,8 @@ def job_view(row: Any) -> dict[str, Any]:
         "kind": "bulk_issue",
         "campaign_code": row.campaign_code,
         "source": row.source,
-        "segment_code": row.segment_code,
+        "segment_code": row.segment_code if row.source == "segment" else None,
+        "birthdays_on": birthdays_day(row),
         "status": row.status,
         "total": row.total,
         "processed": row.processed,
@@ -155,21 +184,29 @@ async def _run_locked(runtime: Runtime, job_id: str) -> str:
                 return await _finish(runtime, job_id, "completed")
             await _issue_chunk(runtime, job, members, position=job.position + len(members))
             continue
+        source = "member service" if job.source == "birthdays" else "segmenter"
         try:
-            async with neighbours_of(runtime).segmenter(runtime) as segmenter:
-                members, next_cursor = await segmenter.members_page(
-                    job.segment_code, cursor=job.cursor, limit=chunk
-                )
+            members, next_cursor = await _page(runtime, job, chunk)
         except NeighbourUnavailable as exc:
             give_up = job.attempts + 1 >= MAX_ATTEMPTS
-            await _note_error(runtime, job_id, f"segmenter unavailable: {exc}", give_up=give_up)
+            await _note_error(runtime, job_id, f"{source} unavailable: {exc}", give_up=give_up)
             return "failed" if give_up else "waiting"
         except NeighbourRefused as exc:
-            await _note_error(runtime, job_id, f"segmenter refused: {exc}", give_up=True)
+            await _note_error(runtime, job_id, f"{source} refused: {exc}", give_up=True)
             return "failed"
         await _issue_chunk(
             runtime, job, members, cursor=next_cursor, done=next_cursor is None or not members
         )
+
+
+async def _page(runtime: Runtime, job: Any, limit: int) -> tuple[list[str], str | None]:
+    """The next page of a paged job: a segment's members, or the day's birthday members."""
+    day = birthdays_day(job)
+    if day is not None:
+        async with neighbours_of(runtime).member(runtime) as member:
+            return await member.birthdays_page(day, cursor=job.cursor, limit=limit)
+    async with neighbours_of(runtime).segmenter(runtime) as segmenter:
+        return await segmenter.members_page(job.segment_code, cursor=job.cursor, limit=limit)
 
 
 async def _issue_chunk(
@@ -186,7 +223,7 @@ async def _issue_chunk(
     now = runtime.clock.now()
     async with runtime.transaction() as conn:
         campaign = (await load_campaigns(conn, codes=[job.campaign_code]))[job.campaign_code]
-        key = grant_key(campaign, job.job_id, now)
+        key = grant_key(campaign, job.job_id, now, on=birthdays_day(job))
         members = list(dict.fromkeys(members))
         requests = [
             GrantRequest(campaign.code, m, key, "bulk_issue", job_id=job.job_id) for m in members
@@ -247,7 +284,7 @@ async def _note_error(runtime: Runtime, job_id: str, error: str, *, give_up: boo
 
 async def resume_bulk_jobs(runtime: Runtime, as_of: datetime) -> dict[str, Any]:
     """The scheduled `bulk-issue` job: carry on every unfinished bulk issue (after a restart,
-    or after its segmenter came back)."""
+    or after its segmenter or the member service came back)."""
     async with runtime.engine.connect() as conn:
         ids = (
             await conn.scalars(

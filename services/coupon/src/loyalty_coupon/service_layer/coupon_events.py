@@ -9,12 +9,14 @@ from loyalty_shared.events import Event, make_event
 from loyalty_shared.events.coupons import (
     CouponExpired,
     CouponExpiringSoon,
+    CouponHoldoutAssigned,
     CouponIssued,
     CouponRedeemed,
     CouponReleased,
 )
 
 from ..adapters.store import CouponRow
+from ..domain.campaigns import Campaign, GrantRequest
 from ..domain.templates import CouponTemplate
 
 SOURCE = "loyalty/coupon"
@@ -95,3 +97,19 @@ def expiring_soon(row: Any, at: datetime) -> Event[Any]:
         currency=row.currency,
     )
     return make_event("coupon.expiring_soon", data, subject=row.member_id, source=SOURCE, time=at)
+
+
+def holdout_assigned(request: GrantRequest, campaign: Campaign, now: datetime) -> Event[Any]:
+    data = CouponHoldoutAssigned(
+        member_id=request.member_id,
+        campaign_code=campaign.code,
+        trigger=campaign.trigger_type,
+        grant_key=request.key,
+        assigned_via=request.via,  # type: ignore[arg-type]
+        trigger_event_id=request.event_id,
+        job_id=request.job_id,
+        occurred_at=now,
+    )
+    return make_event(
+        "coupon.holdout_assigned", data, subject=request.member_id, source=SOURCE, time=now
+    )

@@ -2,7 +2,9 @@
 
 Every path locks the members it issues to (per-member limits), then the campaigns and the
 templates it takes from (budget and stock), always in that order and sorted, decides in memory,
-and writes grants, coupons, counters and `coupon.issued` events with one statement per table.
+and writes grants, coupons, counters and `coupon.issued` events with one statement per table;
+a member held out of a campaign gets no coupon but a `coupon.holdout_assigned` event, once per
+recorded grant.
 """
 
 from __future__ import annotations
@@ -63,7 +65,18 @@ async def grant_campaigns(
         for g in grants
         for new in g.coupons
     ]
-    await insert_grants(conn, grants, now)
+    recorded = await insert_grants(conn, grants, now)
+    # The control group, once per holdout record: a grant the unique key refused (the same
+    # fact again) was not recorded here, so it says nothing again.
+    await add_to_outbox(
+        conn,
+        [
+            coupon_events.holdout_assigned(g.request, campaigns[g.request.campaign_code], now)
+            for g in grants
+            if g.outcome == "holdout"
+            and (g.request.campaign_code, g.request.member_id, g.request.key) in recorded
+        ],
+    )
     await write_coupons(conn, rows, allocator.templates, now)
     return grants
 

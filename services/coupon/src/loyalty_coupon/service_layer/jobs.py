@@ -1,5 +1,6 @@
 """The coupon service's jobs: expire unused coupons, warn 3 days before, carry on bulk issues,
-settle exchanges. Each touches only what is due, through an index on the due time, in chunks."""
+issue the day's birthday coupons, settle exchanges. Each touches only what is due, through an
+index on the due time, in chunks."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from loyalty_shared.service import Runtime
 from sqlalchemy import text
 
 from . import coupon_events
+from .birthdays import issue_birthdays
 from .bulk import resume_bulk_jobs
 from .exchange import reconcile_exchanges
 
@@ -73,6 +75,13 @@ JOBS = [
         resume_bulk_jobs,
         timedelta(minutes=1),
         "carry on unfinished bulk issues (after a restart or a segmenter outage)",
+    ),
+    Job(
+        "birthday",
+        issue_birthdays,
+        timedelta(hours=1),
+        "birthday campaigns: one bulk issue per campaign and day (Asia/Shanghai) to the members"
+        " whose birthday it is, from the member service; later runs that day carry it on",
     ),
     Job(
         "exchange-reconcile",

@@ -24,6 +24,7 @@ from ..domain.policy import CONSENT_CHANNELS, message_types
 from ..domain.templates import BUILTIN
 from .context import Notifier
 from .deliveries import Message, enqueue, outcome_event, plan_rows
+from .templates import NEVER_MESSAGED
 
 PREFERENCE_TYPES = ("member.registered", "member.updated", "member.erased")
 REMINDER_TYPES = ("order.placed", "order.paid", "order.cancelled")
@@ -47,7 +48,7 @@ def handlers(notifier: Notifier) -> Callable[[Runtime], Handlers]:
 
         registered = Handlers()
         for event_type, spec in REGISTRY.items():
-            if spec.topic != NOTIFICATIONS:
+            if spec.topic != NOTIFICATIONS and event_type not in NEVER_MESSAGED:
                 registered.by_type[event_type] = apply
         return registered
 

@@ -103,6 +103,20 @@ coupon_facts = Table(
     Column("expired_at", DateTime(timezone=True)),
 )
 
+# The members a campaign held out (its control group), one row per coupon-service holdout
+# record (campaign, member, grant key), from `coupon.holdout_assigned`.
+campaign_holdouts = Table(
+    "campaign_holdouts",
+    metadata,
+    Column("campaign_code", String(64), primary_key=True),
+    Column("member_id", String(64), primary_key=True),
+    Column("grant_key", String(200), primary_key=True),
+    Column("trigger", String(32), nullable=False),
+    Column("assigned_via", String(16), nullable=False),
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+    Column("event_id", String(64), nullable=False),
+)
+
 segments = Table(
     "segments",
     metadata,

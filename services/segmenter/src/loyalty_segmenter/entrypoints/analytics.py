@@ -96,13 +96,28 @@ async def lifecycle(runtime: RuntimeDep) -> dict[str, Any]:
     return await analytics.lifecycle_mix(runtime)
 
 
-@router.get("/campaigns/{code}", summary="Issued, redeemed, redemption rate, revenue vs others")
+@router.get(
+    "/campaigns/{code}",
+    summary="Issued, redeemed, redemption rate; receivers' revenue against the holdout",
+)
 async def campaign(
     code: Annotated[str, Path(max_length=64)],
     runtime: RuntimeDep,
-    window_days: Annotated[int, Query(ge=1, le=365)] = 30,
+    window_days: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=365,
+            description="each member's measurement window: the days from their first coupon "
+            "(receivers) or first holdout assignment (holdout)",
+        ),
+    ] = 30,
 ) -> dict[str, Any]:
+    """Receivers against the campaign's holdout group (`coupon.holdout_assigned`): members,
+    buyers, orders, revenue, revenue per member and response rate per group, and the lift;
+    against non-receivers when no holdout member has been seen. 404 when neither a coupon nor
+    a holdout member of the campaign has been seen."""
     result = await analytics.campaign_results(runtime, code, window_days)
     if result is None:
-        raise NotFound(f"no coupon of campaign '{code}' has been seen")
+        raise NotFound(f"no coupon or holdout member of campaign '{code}' has been seen")
     return result

@@ -293,20 +293,35 @@ _CAMPAIGN = text(
            count(*) FILTER (WHERE redeemed_at IS NOT NULL AND released_at IS NULL) AS redeemed,
            coalesce(sum(discount_minor) FILTER (WHERE redeemed_at IS NOT NULL
                                                 AND released_at IS NULL), 0) AS discount,
-           min(issued_at) AS first_issued_at, max(issued_at) AS last_issued_at
+           (SELECT count(*) FROM campaign_holdouts WHERE campaign_code = :code) AS holdouts
     FROM coupon_facts WHERE campaign_code = :code
     """
 )
-_RECEIVER_REVENUE = text(
+# Receivers from their first coupon of the campaign; the holdout from their first holdout
+# record (the draw is deterministic and the share fixed, so no member is both; should one ever
+# be, they count as a receiver). Each member's counted orders in [since, since + window).
+_GROUPS = text(
     """
     WITH r AS (
         SELECT member_id, min(issued_at) AS since FROM coupon_facts
         WHERE campaign_code = :code AND issued_at IS NOT NULL GROUP BY member_id
+    ), h AS (
+        SELECT member_id, min(assigned_at) AS since FROM campaign_holdouts ho
+        WHERE campaign_code = :code AND NOT EXISTS (
+            SELECT 1 FROM coupon_facts c WHERE c.campaign_code = :code
+              AND c.member_id = ho.member_id)
+        GROUP BY member_id
+    ), g AS (
+        SELECT 'receivers' AS grp, member_id, since FROM r
+        UNION ALL SELECT 'holdout', member_id, since FROM h
     )
-    SELECT count(DISTINCT o.member_id) AS buyers, count(o.order_id) AS orders,
-           coalesce(sum(o.net_minor), 0) AS revenue
-    FROM r JOIN profile_orders o ON o.member_id = r.member_id AND o.counted
-         AND o.occurred_at >= r.since AND o.occurred_at < r.since + CAST(:window AS interval)
+    SELECT g.grp, count(DISTINCT g.member_id) AS members,
+           count(DISTINCT o.member_id) AS buyers, count(o.order_id) AS orders,
+           coalesce(sum(o.net_minor), 0) AS revenue,
+           min(g.since) AS first_since, max(g.since) AS last_since
+    FROM g LEFT JOIN profile_orders o ON o.member_id = g.member_id AND o.counted
+         AND o.occurred_at >= g.since AND o.occurred_at < g.since + CAST(:window AS interval)
+    GROUP BY g.grp
     """
 )
 _OTHERS_REVENUE = text(
@@ -315,6 +330,7 @@ _OTHERS_REVENUE = text(
         SELECT member_id FROM profiles WHERE erased_at IS NULL AND registered_at IS NOT NULL
           AND registered_at < CAST(:since AS timestamptz)
         EXCEPT SELECT member_id FROM coupon_facts WHERE campaign_code = :code
+        EXCEPT SELECT member_id FROM campaign_holdouts WHERE campaign_code = :code
     )
     SELECT (SELECT count(*) FROM others) AS members,
            count(DISTINCT o.member_id) AS buyers, count(o.order_id) AS orders,
@@ -327,65 +343,126 @@ _OTHERS_REVENUE = text(
 
 
 def _group(members: int, row: Any) -> dict[str, Any]:
-    revenue = int(row.revenue)
+    revenue = int(row.revenue) if row is not None else 0
+    buyers = int(row.buyers) if row is not None else 0
     return {
         "members": members,
-        "buyers": int(row.buyers),
-        "orders": int(row.orders),
+        "buyers": buyers,
+        "orders": int(row.orders) if row is not None else 0,
         "revenue_minor": revenue,
         "revenue_per_member_minor": round(revenue / members, 2) if members else None,
-        "response_rate": _pct(int(row.buyers), members),
+        "response_rate": _pct(buyers, members),
+    }
+
+
+def _per_member(group: dict[str, Any]) -> float | None:
+    return group["revenue_minor"] / group["members"] if group["members"] else None
+
+
+def _lift(treated: dict[str, Any], baseline: dict[str, Any], against: str) -> dict[str, Any]:
+    """Receivers against a baseline group, from the unrounded figures."""
+    t, b = _per_member(treated), _per_member(baseline)
+    diff = t - b if t is not None and b is not None else None
+    rt, rb = treated["response_rate"], baseline["response_rate"]
+    return {
+        "baseline": against,
+        "revenue_per_member_minor": round(diff, 2) if diff is not None else None,
+        "revenue_per_member_pct": round(diff * 100 / b, 2) if diff is not None and b else None,
+        "response_rate_points": round(rt - rb, 2) if rt is not None and rb is not None else None,
+        "incremental_revenue_minor": (
+            round(diff * treated["members"], 2) if diff is not None else None
+        ),
     }
 
 
 async def campaign_results(runtime: Runtime, code: str, window_days: int) -> dict[str, Any] | None:
     window = timedelta(days=window_days)
+    as_of = runtime.clock.now()
     async with runtime.engine.connect() as conn:
         head = (await conn.execute(_CAMPAIGN, {"code": code})).one()
-        if not head.issued:
+        if not head.issued and not head.holdouts:
             return None
-        receivers = (await conn.execute(_RECEIVER_REVENUE, {"code": code, "window": window})).one()
+        groups = {
+            row.grp: row for row in await conn.execute(_GROUPS, {"code": code, "window": window})
+        }
+        starts = [g.first_since for g in groups.values() if g.first_since is not None]
+        ends = [g.last_since for g in groups.values() if g.last_since is not None]
+        first_at = min(starts) if starts else None
         others = (
-            await conn.execute(
-                _OTHERS_REVENUE, {"code": code, "window": window, "since": head.first_issued_at}
-            )
+            await conn.execute(_OTHERS_REVENUE, {"code": code, "window": window, "since": first_at})
         ).one()
     issued, redeemed = int(head.issued), int(head.redeemed)
-    received = _group(int(head.receivers), receivers)
+    r, h = groups.get("receivers"), groups.get("holdout")
+    received = _group(int(r.members) if r is not None else 0, r)
+    held = _group(int(h.members), h) if h is not None else None
     compared = _group(int(others.members), others)
-    lift = (
-        round(received["revenue_per_member_minor"] - compared["revenue_per_member_minor"], 2)
-        if received["revenue_per_member_minor"] is not None
-        and compared["revenue_per_member_minor"] is not None
-        else None
-    )
+    lift = _lift(received, held, "holdout") if held else _lift(received, compared, "non_receivers")
+    period_end = max(ends) + window if ends else None
+    limitations = []
+    if held is None:
+        limitations.append(
+            "no holdout member of this campaign has been seen (holdout_percent 0, or none "
+            "drawn yet), so the lift is against non-receivers, who were not chosen at random: "
+            "read it as an indication, not as the campaign's causal effect"
+        )
+    else:
+        limitations.append(
+            "no significance test is made: with small groups the lift is noisy; compare "
+            "it with the groups' sizes"
+        )
+    if period_end is not None and period_end > as_of:
+        limitations.append(
+            "some measurement windows are still open at as_of: their members' revenue so "
+            "far is counted (the holdout's windows open as the receivers' do, so the lift "
+            "stays fair, but the per-member figures will still grow)"
+        )
     return {
         "campaign_code": code,
-        "period": _period(head.first_issued_at, head.last_issued_at + window),
+        "period": (
+            _period(first_at, period_end)
+            if first_at is not None and period_end is not None
+            else None
+        ),
+        "as_of": as_of,
+        "window_days": window_days,
+        "windows_complete": period_end is None or period_end <= as_of,
         "issued": issued,
         "redeemed": redeemed,
         "redemption_rate": _pct(redeemed, issued),
         "discount_minor": int(head.discount),
         "receivers": received,
-        "holdout": None,
+        "holdout": held,
         "comparison": {"group": "non_receivers", **compared},
-        "revenue_per_member_lift_minor": lift,
+        "lift": lift,
+        "revenue_per_member_lift_minor": lift["revenue_per_member_minor"],
         "definitions": {
             "issued": "coupons of the campaign issued (coupon.issued)",
             "redeemed": "of those, redeemed and not released by a cancel or refund",
             "redemption_rate": "redeemed / issued x 100",
-            "receivers": f"members who got a coupon: their counted orders in the {window_days} "
+            "receivers": "members who got a coupon of the campaign: their counted orders (paid, "
+            f"not cancelled, not fully refunded; revenue net of refunds) in the {window_days} "
             "days from their first coupon of the campaign",
-            "comparison": "members registered before the first issue who got no coupon of "
-            f"the campaign: their counted orders in the {window_days} days from the first issue",
+            "holdout": "members the campaign held out, its random control group "
+            "(coupon.holdout_assigned) who got no coupon of it: their counted orders in the "
+            f"{window_days} days from their first holdout assignment; null when none was seen",
+            "comparison": "members registered before the campaign's first issue or holdout "
+            "who were neither receivers nor held out: their counted orders in the "
+            f"{window_days} days from that first instant",
+            "period": "from the first member's start to the last member's start + window_days",
+            "windows_complete": "every member's window has ended by as_of",
             "response_rate": "members who bought / members x 100",
-            "revenue_per_member_lift_minor": "receivers' revenue per member - comparison's",
+            "revenue_per_member_minor": "revenue_minor / members",
+            "lift": "receivers against the baseline: the holdout when it has members, else "
+            "non-receivers (lift.baseline says which)",
+            "lift.revenue_per_member_minor": "receivers' revenue per member - baseline's",
+            "lift.revenue_per_member_pct": "that difference / baseline's revenue per member x "
+            "100 (null when the baseline's is 0)",
+            "lift.response_rate_points": "receivers' response rate - baseline's, in points",
+            "lift.incremental_revenue_minor": "lift.revenue_per_member_minor x receivers' "
+            "members: the revenue the campaign added, before its discounts (discount_minor)",
+            "revenue_per_member_lift_minor": "= lift.revenue_per_member_minor",
         },
-        "limitations": [
-            "coupon events do not name the campaign's holdout members, so the comparison "
-            "is with non-receivers, who were not chosen at random: read the lift as an "
-            "indication, not as the campaign's causal effect",
-        ],
+        "limitations": limitations,
     }
 
 

@@ -1,5 +1,6 @@
 """Keeps what campaign results need from `coupon.*` events: who got which coupon of which
-campaign, when, and whether and on which order it was redeemed (a batch in two statements)."""
+campaign, when, and whether and on which order it was redeemed (a batch in two statements);
+and who was held out of which campaign, when (`coupon.holdout_assigned`, one statement)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,53 @@ from loyalty_shared.events import Event
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..adapters.tables import coupon_facts
+from ..adapters.tables import campaign_holdouts, coupon_facts
 
-COUPON_TYPES = ("coupon.issued", "coupon.redeemed", "coupon.released", "coupon.expired")
+HOLDOUT_TYPE = "coupon.holdout_assigned"
+COUPON_TYPES = (
+    "coupon.issued",
+    "coupon.redeemed",
+    "coupon.released",
+    "coupon.expired",
+    HOLDOUT_TYPE,
+)
 _COLUMNS = [c.name for c in coupon_facts.columns]
 
 
 async def apply_coupon_events(conn: AsyncConnection, events: list[Event[Any]]) -> None:
+    await apply_holdouts(conn, [e for e in events if e.type == HOLDOUT_TYPE])
+    await apply_coupon_facts(conn, [e for e in events if e.type != HOLDOUT_TYPE])
+
+
+async def apply_holdouts(conn: AsyncConnection, events: list[Event[Any]]) -> None:
+    """One row per (campaign, member, grant key): the coupon service says it once per holdout
+    record; should the same record come again under another event id, the first one stays."""
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for event in events:
+        d = event.data
+        rows.setdefault(
+            (d.campaign_code, d.member_id, d.grant_key),
+            {
+                "campaign_code": d.campaign_code,
+                "member_id": d.member_id,
+                "grant_key": d.grant_key,
+                "trigger": d.trigger,
+                "assigned_via": d.assigned_via,
+                "assigned_at": d.occurred_at,
+                "event_id": event.id,
+            },
+        )
+    await insert_many(
+        conn,
+        campaign_holdouts,
+        [rows[key] for key in sorted(rows)],
+        on_conflict="ON CONFLICT (campaign_code, member_id, grant_key) DO NOTHING",
+    )
+
+
+async def apply_coupon_facts(conn: AsyncConnection, events: list[Event[Any]]) -> None:
+    if not events:
+        return
     codes = sorted({e.data.coupon_code for e in events})
     facts: dict[str, dict[str, Any]] = {
         row.coupon_code: dict(row._mapping)
