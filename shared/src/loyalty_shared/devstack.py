@@ -10,6 +10,7 @@ through the outbox replay, since the embedded broker keeps nothing.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import time
 import urllib.request
 
 from .db import EmbeddedCluster, database_name, ensure_database
-from .kafka.broker import EmbeddedBroker
+from .kafka.broker import EmbeddedBroker, port_open
 from .settings import DEV_API_KEYS, SERVICE_PORT_OFFSETS, PlatformSettings
 
 SERVICES = ["member", "points", "coupon", "notifier", "segmenter"]
@@ -32,7 +33,7 @@ def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
             return bool(response.status == 200)
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet, or not ours
         return False
 
 
@@ -62,6 +63,9 @@ class Stack:
             ).start()
             bootstrap = self.broker.bootstrap
             say(f"Kafka broker (embedded tansu, in memory) on {bootstrap}")
+        taken = [p for p in self._service_ports() if port_open("127.0.0.1", p)]
+        if taken:
+            raise RuntimeError(f"ports already in use: {taken}; set LOYALTY_PORT_BASE")
         keys = os.environ.get("LOYALTY_API_KEYS") or DEV_API_KEYS
         for name in SERVICES:
             env = {
@@ -84,6 +88,9 @@ class Stack:
         if not os.environ.get("LOYALTY_API_KEYS"):
             say("API key: dev-key (every scope) -- set LOYALTY_API_KEYS to use your own")
         say("press Ctrl-C to stop")
+
+    def _service_ports(self) -> list[int]:
+        return [self.settings.port_base + SERVICE_PORT_OFFSETS[name] for name in SERVICES]
 
     def _wait_healthy(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
