@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 from typing import Any
 
@@ -105,6 +106,96 @@ def problem_response(
     )
 
 
+# The problem document as OpenAPI declares it: every /v1 operation answers its errors with one.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem document (application/problem+json); clients switch "
+    "on `code`. Some problems carry more members (e.g. `member_id` with `member_exists`).",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string", "examples": ["urn:loyalty:problem:not_found"]},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string", "examples": ["validation_error"]},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "with `validation_error`: what is wrong, where",
+            "items": {
+                "type": "object",
+                "required": ["loc", "msg"],
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+
+# What every /v1 operation may answer, whatever its own code does (auth, the write guard, the
+# request validation, a database outage), and what it says when the operation has no word of its
+# own for that status.
+_COMMON_PROBLEMS = {
+    401: "no API key, or one that is not known (`unauthorized`)",
+    403: "the API key lacks the scope of this endpoint (`forbidden`)",
+    422: "the request is not valid (`validation_error`)",
+    503: "the database is unreachable; retry later (`service_unavailable`)",
+}
+_WRITE_PROBLEMS = {
+    413: "the body is larger than 1 MiB (`payload_too_large`)",
+    415: "the body is not JSON (`unsupported_media_type`)",
+}
+_POST_PROBLEMS = {
+    409: "a request with this Idempotency-Key is still running (`idempotency_in_progress`)",
+    422: "`validation_error`, or an Idempotency-Key used with another body "
+    "(`idempotency_key_reused`)",
+}
+_PATH_PROBLEMS = {404: "no such resource (`not_found`)"}
+_FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Declare the problem responses of every /v1 operation in an OpenAPI document, in place:
+    the statuses the shared plumbing can answer, and an `application/problem+json` body of the
+    `Problem` schema for every 4xx and 5xx (FastAPI's own 422 body is replaced, as it is on the
+    wire)."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for path, operations in openapi.get("paths", {}).items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            wanted = dict(_COMMON_PROBLEMS)
+            if method in ("post", "put", "patch", "delete"):
+                wanted.update(_WRITE_PROBLEMS)
+            if method == "post":
+                wanted.update(_POST_PROBLEMS)
+            if "{" in path:
+                wanted.update(_PATH_PROBLEMS)
+            for status, description in wanted.items():
+                responses.setdefault(str(status), {"description": description})
+            for status, response in responses.items():
+                if status[0] not in "45":
+                    continue
+                content = response.get("content", {})
+                schema = content.get("application/json", {}).get("schema", {})
+                if not content or schema.get("$ref", "").endswith("/HTTPValidationError"):
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": ref}}
+                    if response.get("description") == "Validation Error":
+                        response["description"] = wanted.get(422, _COMMON_PROBLEMS[422])
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = PROBLEM_SCHEMA
+    for name in _FASTAPI_VALIDATION_SCHEMAS:  # unused now, unless a service refers to them
+        if f'"#/components/schemas/{name}"' not in json.dumps(openapi):
+            schemas.pop(name, None)
+    return openapi
+
+
 def _loc(loc: tuple[Any, ...] | list[Any]) -> list[Any]:
     return [part for part in loc]
 
@@ -199,6 +290,19 @@ def install_problem_handlers(app: FastAPI) -> None:
             "a dependency of this service is unavailable; retry later",
             instance=request.url.path,
             headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(OverflowError)
+    async def _out_of_range(request: Request, exc: OverflowError) -> JSONResponse:
+        # A value of the request took arithmetic out of its type's range (e.g. a time near the
+        # year 9999 plus a notice period): bad input, not a bug; nothing was committed.
+        log.warning("value_out_of_range", path=request.url.path, error=str(exc))
+        return problem_response(
+            422,
+            "validation_error",
+            "a value in the request is out of range",
+            instance=request.url.path,
+            errors=[{"loc": ["request"], "msg": "a value is out of range", "type": "value"}],
         )
 
     @app.exception_handler(Exception)

@@ -35,8 +35,9 @@ async def _send_problem(
     code: str,
     detail: str,
     headers: list[tuple[bytes, bytes]] | None = None,
+    **extra: Any,
 ) -> None:
-    body = orjson.dumps(problem_body(status, code, detail))
+    body = orjson.dumps(problem_body(status, code, detail, **extra))
     await send(
         {
             "type": "http.response.start",
@@ -158,8 +159,15 @@ class WriteGuardMiddleware:
             body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH  # cheap: most bodies stop here
             and json_depth(body) > MAX_JSON_DEPTH
         ):
+            msg = f"the JSON nests deeper than {MAX_JSON_DEPTH} levels"
             await _send_problem(
-                send, 422, "validation_error", f"the JSON nests deeper than {MAX_JSON_DEPTH} levels"
+                send, 422, "validation_error", msg, errors=[{"loc": ["body"], "msg": msg}]
+            )
+            return
+        if not _utf8(body):  # JSON is UTF-8 text (RFC 8259); the parser would answer a bare 400
+            msg = "body is not valid JSON: it is not UTF-8 text"
+            await _send_problem(
+                send, 422, "validation_error", msg, errors=[{"loc": ["body"], "msg": msg}]
             )
             return
         replay_receive = _replaying(body, receive)
@@ -262,6 +270,14 @@ def _bearer_token(authorization: str) -> str:
     """The API key as `ApiKeys.authenticate` reads it, so that one key is one principal."""
     scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else authorization
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def json_depth(body: bytes) -> int:

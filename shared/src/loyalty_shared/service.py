@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import AwareDatetime, BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .auth import ApiKeys, AuthenticationMiddleware, Scope
 from .clock import Clock, SystemClock
 from .db import create_engine, resolve_database_url, run_migrations
-from .errors import Conflict, NotFound, install_problem_handlers
+from .errors import Conflict, NotFound, document_problems, install_problem_handlers
 from .idempotency import IdempotencyStore, WriteGuardMiddleware
 from .jobs import Job, JobBusy, run_job, scheduler
 from .kafka import Handlers, IdempotentConsumer, OutboxRelay, ensure_topics, schedule_replay
@@ -201,7 +201,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@ops.get("/readyz", summary="The database and the broker are reachable")
+@ops.get(
+    "/readyz",
+    summary="The database and the broker are reachable",
+    responses={503: {"description": "the database or the broker is not: `checks` says which"}},
+)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     checks = await runtime.ready()
     ok = all(v == "ok" for v in checks.values())
@@ -210,7 +214,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     )
 
 
-@ops.get("/metrics", summary="Prometheus metrics")
+@ops.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics() -> Response:
     payload, content_type = metrics_payload()
     return Response(payload, media_type=content_type)
@@ -301,6 +305,14 @@ def create_app(
         description=definition.description,
         lifespan=lifespan,
     )
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.runtime = runtime
     app.state.api_keys = ApiKeys(settings.api_keys)
     install_problem_handlers(app)

@@ -246,3 +246,34 @@ async def test_the_wallet_pages_newest_first(coupon, kit, clock):
     assert rest["next_cursor"] is None
     bad = await coupon.client.get(f"/v1/members/{member}/coupons", params={"cursor": "zzz"})
     assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
+
+
+HOSTILE_TEXTS = ["'; DROP TABLE coupon_templates; --", "🎉🧧 新人礼券", "שלום مرحبا", 'a"\\`$1%s']
+
+
+async def test_template_names_are_stored_verbatim(coupon, kit):
+    for n, name in enumerate(HOSTILE_TEXTS):
+        code = f"VERBATIM{n}"
+        created = await coupon.client.post(
+            "/v1/coupon-templates",
+            json={"code": code, "name": name, "kind": "amount_off", "value": 1, "valid_days": 1},
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["name"] == name
+        assert (await coupon.client.get(f"/v1/coupon-templates/{code}")).json()["name"] == name
+    nul = await coupon.client.post(
+        "/v1/coupon-templates",
+        json={"code": "NUL", "name": "a\x00b", "kind": "amount_off", "value": 1, "valid_days": 1},
+    )
+    assert nul.status_code == 422 and nul.json()["code"] == "validation_error"
+    assert (await coupon.client.get("/v1/coupon-templates/NUL")).status_code == 404
+
+
+async def test_redeeming_an_unknown_coupon_is_a_documented_404(coupon):
+    """Found by schemathesis: the 404 was not in the operation's OpenAPI responses."""
+    response = await coupon.client.post(
+        "/v1/redemptions", json={"coupon_code": "NOPE", "member_id": "m", "order_id": "o"}
+    )
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+    declared = coupon.app.openapi()["paths"]["/v1/redemptions"]["post"]["responses"]
+    assert "404" in declared

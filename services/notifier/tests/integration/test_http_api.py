@@ -212,3 +212,15 @@ async def test_deliveries_and_inbox_page_newest_first(notifier: Harness):
     assert one.json()["channel"] == "inbox" and one.json()["sent_at"]
     missing = await notifier.client.get("/v1/deliveries/nope")
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+async def test_template_texts_are_stored_verbatim(notifier: Harness):
+    url = "/v1/templates/member.winback/email/en"
+    for text in ["'; DROP TABLE templates; --", "🎉 欢迎回来 שלום مرحبا", 'a"\\`$1%s']:
+        put = await notifier.client.put(url, json={"subject": text, "body": text})
+        assert put.status_code == 200, put.text
+        got = (await notifier.client.get(url)).json()
+        assert got["subject"] == text and got["body"] == text
+    nul = await notifier.client.put(url, json={"subject": "a\x00b", "body": "x"})
+    assert nul.status_code == 422 and nul.json()["code"] in ("validation_error", "invalid_template")
+    assert (await notifier.client.delete(url)).status_code == 204

@@ -8,6 +8,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 import loyalty_points.bootstrap
+import pytest
 import pytest_asyncio
 from loyalty_shared.clock import FixedClock
 from loyalty_shared.events import make_event
@@ -361,3 +362,13 @@ async def test_rules_are_data_and_simulation_writes_nothing(points):
             "/v1/rules/purchase",
             json={"params": {"points": 1, "per_minor": 100, "pending_days": 7}},
         )
+
+
+@pytest.mark.parametrize("job", ["release-pending", "expire", "expiry-notice"])
+@pytest.mark.parametrize("as_of", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+async def test_a_job_run_at_the_ends_of_the_calendar_is_a_422(points, job, as_of):
+    """as_of may lie anywhere, but not where its arithmetic leaves the calendar: expiry-notice
+    at 9999-12-31 (+ 30 days) was a 500."""
+    response = await points.client.post(f"/v1/admin/jobs/{job}/run", json={"as_of": as_of})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
@@ -313,3 +314,16 @@ async def test_bad_periods_are_422(segmenter):
         params={"start_month": "2026-01", "end_month": "2026-02", "timezone": "Mars/Olympus"},
     )
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "months",
+    [("0000-01", "0000-01"), ("9999-12", "9999-12"), ("0001-01", "0001-02")],
+)
+async def test_months_out_of_range_are_422(segmenter, months):
+    """Found by schemathesis: year 0 (and the month after 9999-12) was a 500."""
+    start_month, end_month = months
+    response = await segmenter.client.get(
+        "/v1/analytics/leaky-bucket", params={"start_month": start_month, "end_month": end_month}
+    )
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"

@@ -197,6 +197,11 @@ async def test_members_paging_covers_everyone_once(segmenter):
     assert set(members) <= set(seen) and len(seen) == len(set(seen))
     bad = await segmenter.client.get("/v1/segments/paging/members", params={"cursor": "%%%"})
     assert bad.status_code == 422
+    for cursor in ("\x87t\x12ø", "日本"):  # not ASCII: found by schemathesis, once a 500
+        bad = await segmenter.client.get("/v1/segments", params={"cursor": cursor})
+        assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
+        bad = await segmenter.client.get("/v1/segments/paging/members", params={"cursor": cursor})
+        assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
     assert (await segmenter.client.get("/v1/segments/nope/members")).status_code == 404
 
 
@@ -339,3 +344,21 @@ async def test_changing_a_rule_re_evaluates_and_fields_are_listed(segmenter):
     by_name = {f["field"]: f for f in fields}
     assert by_name["lifecycle_stage"]["values"][0] == "prospect"
     assert by_name["preference_tags"]["ops"] == ["contains"]
+
+
+@pytest.mark.parametrize(
+    "name", ["'; DROP TABLE segments; --", "🎉 高价值会员", "שלום مرحبا", 'a"\\`$1%s']
+)
+async def test_segment_names_are_stored_verbatim(segmenter, name):
+    code = f"verbatim-{next_id('s')}".lower()
+    rule = {"field": "registered", "op": "eq", "value": True}
+    created = await segmenter.client.post(
+        "/v1/segments", json={"code": code, "name": name, "description": name, "rule": rule}
+    )
+    assert created.status_code == 201, created.text
+    fetched = (await segmenter.client.get(f"/v1/segments/{code}")).json()
+    assert fetched["name"] == name and fetched["description"] == name
+    replaced = await segmenter.client.put(
+        f"/v1/segments/{code}", json={"name": name[::-1], "rule": rule}
+    )
+    assert replaced.status_code == 200 and replaced.json()["name"] == name[::-1]

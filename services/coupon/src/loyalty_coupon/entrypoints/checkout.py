@@ -168,6 +168,14 @@ class RedemptionPublic(BaseModel):
     response_model=RedemptionPublic,
     dependencies=[Scope("events:write")],
     summary="Use a coupon on an order, once: 409 coupon_already_redeemed for any second try",
+    responses={
+        404: {"description": "no such coupon (`not_found`)"},
+        409: {"description": "the coupon was used already (`coupon_already_redeemed`)"},
+        422: {
+            "description": "`validation_error`, `coupon_expired`, `coupon_not_owned`, "
+            "`coupon_not_yet_valid`, `coupon_min_spend_not_met`, `coupon_not_applicable`"
+        },
+    },
 )
 async def post_redemption(body: RedemptionRequest, runtime: RuntimeDep) -> dict[str, Any]:
     cart = None if body.total_minor is None else _cart(body.total_minor, body.lines)

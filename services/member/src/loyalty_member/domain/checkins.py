@@ -9,9 +9,16 @@ from zoneinfo import ZoneInfo
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 # Clocks of POS terminals and phones drift; beyond this a business time is a mistake (contract §3).
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+# Any past is fine, within reason: before this a business time is a mistake too (and at the
+# calendar's first instant the database driver would read it back as -infinity).
+EARLIEST_BUSINESS_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class BusinessTimeInFuture(ValueError):
+class BusinessTimeOutOfRange(ValueError):
+    """A business time (`occurred_at`) the platform does not take."""
+
+
+class BusinessTimeInFuture(BusinessTimeOutOfRange):
     """A business time (`occurred_at`) lies more than MAX_CLOCK_SKEW ahead of now."""
 
 
@@ -22,6 +29,8 @@ def business_time(occurred_at: datetime | None, now: datetime) -> datetime:
         return now.astimezone(UTC)
     if occurred_at.tzinfo is None:
         raise ValueError("a business time needs an offset")
+    if occurred_at < EARLIEST_BUSINESS_TIME:
+        raise BusinessTimeOutOfRange(f"{occurred_at.isoformat()} lies before 1970")
     if occurred_at - now > MAX_CLOCK_SKEW:
         raise BusinessTimeInFuture(
             f"{occurred_at.isoformat()} lies more than "
@@ -59,8 +68,10 @@ def current_streak(today: date, checked_in: Container[date]) -> int:
 
 __all__ = [
     "DEFAULT_TIMEZONE",
+    "EARLIEST_BUSINESS_TIME",
     "MAX_CLOCK_SKEW",
     "BusinessTimeInFuture",
+    "BusinessTimeOutOfRange",
     "business_time",
     "current_streak",
     "local_day",

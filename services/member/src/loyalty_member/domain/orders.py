@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
+from .checkins import EARLIEST_BUSINESS_TIME
+
 OrderStatus = Literal["placed", "paid", "shipped", "delivered", "cancelled"]
 
 PLACED: Final = "placed"
@@ -111,6 +113,8 @@ def business_time(occurred_at: datetime | None, now: datetime) -> datetime:
         return now
     if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
         raise InvalidBusinessTime("occurred_at must carry a UTC offset (RFC 3339)")
+    if occurred_at < EARLIEST_BUSINESS_TIME:
+        raise InvalidBusinessTime("occurred_at lies before 1970")
     if occurred_at - now > MAX_AHEAD:
         raise InvalidBusinessTime(
             f"occurred_at lies more than {int(MAX_AHEAD.total_seconds() // 60)} minutes "

@@ -11,6 +11,7 @@ from loyalty_shared.service import RuntimeDep
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from ..domain.cards import MAX_BATCH, PLAN_CODE
+from ..domain.checkins import EARLIEST_BUSINESS_TIME
 from ..service_layer import cards as service
 from ..service_layer.cards import CreateCardPlan, invalid
 
@@ -336,6 +337,8 @@ async def purchase_member_card(
 ) -> CardPurchased:
     if body.occurred_at is not None and body.occurred_at > runtime.clock.now() + MAX_AHEAD:
         raise invalid([(("occurred_at",), "must not lie more than 5 minutes in the future")])
+    if body.occurred_at is not None and body.occurred_at < EARLIEST_BUSINESS_TIME:
+        raise invalid([(("occurred_at",), "must not lie before 1970")])
     card = await service.purchase_card(runtime, member_id, body.plan_code, body.occurred_at)
     return CardPurchased(**card)
 

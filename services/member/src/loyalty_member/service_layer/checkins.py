@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..adapters.tables import checkins, members
 from ..domain.checkins import (
-    BusinessTimeInFuture,
+    BusinessTimeOutOfRange,
     business_time,
     current_streak,
     local_day,
@@ -50,7 +50,7 @@ def invalid(location: list[str], message: str) -> Unprocessable:
 def occurred_at_or_now(occurred_at: datetime | None, now: datetime) -> datetime:
     try:
         return business_time(occurred_at, now)
-    except BusinessTimeInFuture as exc:
+    except BusinessTimeOutOfRange as exc:
         raise invalid(["body", "occurred_at"], str(exc)) from exc
 
 

@@ -21,7 +21,10 @@ End = Annotated[AwareDatetime | None, Query(description="RFC 3339; default: now"
 ActiveDays = Annotated[
     int, Query(ge=1, le=3650, description="a customer bought within this many days")
 ]
-Month = Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
+Month = Annotated[
+    str,
+    Query(pattern=r"^(19|2\d)\d{2}-(0[1-9]|1[0-2])$", description="YYYY-MM, years 1900 to 2999"),
+]
 
 
 def _invalid(loc: list[str], msg: str) -> ProblemError:

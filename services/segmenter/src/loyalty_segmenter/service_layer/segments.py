@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 from loyalty_shared.errors import Conflict, NotFound, ProblemError
@@ -40,7 +39,7 @@ def decode_cursor(cursor: str | None) -> str | None:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # binascii.Error, UnicodeDecodeError, or not ASCII at all
         raise ProblemError(
             422,
             "validation_error",

@@ -1,0 +1,95 @@
+"""Problem documents on the wire and in OpenAPI: what the shared plumbing answers for bad input
+(never a 500) and declares for every /v1 operation, so that clients and schemathesis
+(tests/chaos/test_schemathesis.py) can hold the services to it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import APIRouter
+from loyalty_shared.errors import PROBLEM_MEDIA_TYPE
+from loyalty_shared.service import ServiceDefinition, create_app
+from loyalty_shared.settings import ServiceSettings
+from loyalty_shared.testing import AUTH, TEST_API_KEYS
+from pydantic import BaseModel
+
+router = APIRouter(prefix="/v1")
+
+
+class Thing(BaseModel):
+    name: str
+
+
+@router.get("/things/{thing_id}")
+async def get_thing(thing_id: str) -> Thing:
+    return Thing(name=thing_id)
+
+
+@router.post("/things", status_code=201)
+async def post_thing(body: Thing) -> Thing:
+    return body
+
+
+@router.get("/overflow")
+async def overflow(days: int) -> dict[str, str]:
+    return {"at": (datetime.max - timedelta(days=1) + timedelta(days=days)).isoformat()}
+
+
+@pytest.fixture(scope="module")
+def app():
+    definition = ServiceDefinition(
+        name="toy", title="Toy", migrations=Path("unused"), routers=[router]
+    )
+    settings = ServiceSettings.for_service(
+        "toy", database_url="postgresql://unused/unused", api_keys=TEST_API_KEYS
+    )
+    return create_app(definition, settings=settings, background=False)
+
+
+@pytest.fixture
+async def client(app):
+    transport = httpx.ASGITransport(app=app)  # no lifespan: these requests need no database
+    async with httpx.AsyncClient(transport=transport, base_url="http://toy", headers=AUTH) as c:
+        yield c
+
+
+def test_openapi_declares_the_problems_of_every_v1_operation(app):
+    document = app.openapi()
+    problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    get = document["paths"]["/v1/things/{thing_id}"]["get"]["responses"]
+    assert {"401", "403", "404", "422", "503"} <= set(get)
+    post = document["paths"]["/v1/things"]["post"]["responses"]
+    assert {"401", "403", "409", "413", "415", "422", "503"} <= set(post) and "404" not in post
+    for responses in (get, post):
+        for status, response in responses.items():
+            if status.startswith(("4", "5")):
+                assert response["content"] == problem, status
+    schemas = document["components"]["schemas"]
+    assert "Problem" in schemas and "HTTPValidationError" not in schemas
+    metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
+
+
+async def test_a_body_that_is_not_utf8_is_a_422_validation_error(client):
+    response = await client.post(
+        "/v1/things", content=b'{"name": "\xff"}', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["errors"] == [
+        {"loc": ["body"], "msg": "body is not valid JSON: it is not UTF-8 text"}
+    ]
+    ok = await client.post("/v1/things", json={"name": "🎉 会员 עברית"})
+    assert ok.status_code == 201 and ok.json() == {"name": "🎉 会员 עברית"}
+
+
+async def test_arithmetic_out_of_range_is_a_422_not_a_500(client):
+    assert (await client.get("/v1/overflow", params={"days": 0})).status_code == 200
+    response = await client.get("/v1/overflow", params={"days": 2})
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+    assert "out of range" in response.json()["detail"]
