@@ -16,7 +16,10 @@ help:
 	@echo "make docs     regenerate docs/asyncapi.yaml and docs/openapi/ from the code"
 	@echo "make migrate  run every service's database migrations"
 	@echo "make bench    the benchmark harness (bench/README.md); make bench-quick: small sizes"
+	@echo "make chaos    the reliability suite at full size: replays, many SIGKILLs (tests/chaos/)"
 	@echo "make k8s-validate  render the kustomize overlays and validate them offline (deploy/)"
+	@echo "make demo     a year of a synthetic retailer replayed through the API; report in .run/"
+	@echo "make screenshots   PNGs of the console's main pages in docs/screenshots/ (Chromium)"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -64,5 +67,30 @@ bench: sync
 bench-quick: sync
 	$(UV) run --no-sync python bench/run.py --quick
 
+.PHONY: screenshots
+# The console's browser test that visits the main pages, writing its PNGs where the README shows them.
+screenshots: sync
+	CONSOLE_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(UV) run --no-sync pytest \
+		services/console/tests/test_browser.py -k screenshots -q -p no:cacheprovider
+
+# DEMO_ARGS, e.g. make demo DEMO_ARGS="--quick" or DEMO_ARGS="--members 5000 --days 365"
+.PHONY: demo
+demo: sync
+	$(UV) run --no-sync python tools/demo.py $(DEMO_ARGS)
+
 clean:
 	rm -rf .run .pytest_cache .ruff_cache .mypy_cache
+
+# The reliability suite at full size (tests/chaos/README.md): the replays over a large stream and
+# many SIGKILLs of the points service; `make test` runs the same tests small. Each figure line is
+# also appended to CHAOS_FIGURES.
+.PHONY: chaos
+CHAOS_MEMBERS ?= 2000
+CHAOS_CRASH_MEMBERS ?= 400
+CHAOS_KILLS ?= 20
+CHAOS_FIGURES ?= .run/chaos-figures.jsonl
+chaos: sync
+	@mkdir -p $(dir $(CHAOS_FIGURES))
+	LOYALTY_CHAOS_MEMBERS=$(CHAOS_MEMBERS) LOYALTY_CHAOS_CRASH_MEMBERS=$(CHAOS_CRASH_MEMBERS) \
+	LOYALTY_CHAOS_KILLS=$(CHAOS_KILLS) LOYALTY_CHAOS_FIGURES=$(abspath $(CHAOS_FIGURES)) \
+	LOYALTY_LOG_LEVEL=WARNING $(UV) run --no-sync pytest tests/chaos -s

@@ -2,9 +2,10 @@
 
 Starts the embedded PostgreSQL (data under `LOYALTY_DATA_DIR/pg`), the embedded broker on
 `LOYALTY_KAFKA_PORT` (unless `LOYALTY_KAFKA_BOOTSTRAP` names another), and the five services on
-`LOYALTY_PORT_BASE + 1..5`. Ctrl-C (or SIGTERM) stops the services, then the broker, then the
-database, and leaves no process behind. Data survives a restart; events in flight come back
-through the outbox replay, since the embedded broker keeps nothing.
+`LOYALTY_PORT_BASE + 1..5`, then the operator console on `+ 6`. Ctrl-C (or SIGTERM) stops the
+console and the services, then the broker, then the database, and leaves no process behind. Data
+survives a restart; events in flight come back through the outbox replay, since the embedded
+broker keeps nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .kafka.broker import EmbeddedBroker, port_open
 from .settings import DEV_API_KEYS, SERVICE_PORT_OFFSETS, PlatformSettings
 
 SERVICES = ["member", "points", "coupon", "notifier", "segmenter"]
+CONSOLE = "console"  # no database; started once the five answer, and stopped first
 
 
 def say(message: str) -> None:
@@ -81,20 +83,29 @@ class Stack:
                 start_new_session=True,  # Ctrl-C reaches the runner only; it stops them in order
             )
         self._wait_healthy()
+        self.services[CONSOLE] = subprocess.Popen(
+            [sys.executable, "-m", "loyalty_console", "serve"],
+            env={**os.environ, "LOYALTY_API_KEYS": keys},
+            start_new_session=True,
+        )
+        self._wait_healthy([CONSOLE])
         say("the platform is up:")
         for name in SERVICES:
             port = self.settings.port_base + SERVICE_PORT_OFFSETS[name]
             say(f"  {name:<10} http://127.0.0.1:{port}   (docs: /docs)")
+        port = self.settings.port_base + SERVICE_PORT_OFFSETS[CONSOLE]
+        say(f"  {CONSOLE:<10} http://127.0.0.1:{port}   (sign in with an API key)")
         if not os.environ.get("LOYALTY_API_KEYS"):
             say("API key: dev-key (every scope) -- set LOYALTY_API_KEYS to use your own")
         say("press Ctrl-C to stop")
 
     def _service_ports(self) -> list[int]:
-        return [self.settings.port_base + SERVICE_PORT_OFFSETS[name] for name in SERVICES]
+        names = [*SERVICES, CONSOLE]
+        return [self.settings.port_base + SERVICE_PORT_OFFSETS[name] for name in names]
 
-    def _wait_healthy(self, timeout: float = 120.0) -> None:
+    def _wait_healthy(self, names: list[str] = SERVICES, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
-        pending = set(SERVICES)
+        pending = set(names)
         while pending:
             for name in list(pending):
                 process = self.services[name]
@@ -117,6 +128,9 @@ class Stack:
 
     def stop(self) -> None:
         self.stopping = True
+        console = self.services.get(CONSOLE)
+        if console is not None and console.poll() is None:
+            console.send_signal(signal.SIGTERM)  # the console first: it calls the others
         for process in self.services.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
