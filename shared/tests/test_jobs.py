@@ -172,3 +172,35 @@ async def test_workers_run_with_the_service_and_stop_with_it(database: str, kafk
     count = len(ticks)
     await asyncio.sleep(0.05)
     assert len(ticks) == count
+
+
+async def test_a_job_that_meets_a_deadlock_is_run_again(database: str, kafka_bootstrap: str):
+    from sqlalchemy.exc import DBAPIError
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    attempts: list[datetime] = []
+
+    async def flaky(runtime: Runtime, as_of: datetime) -> dict[str, int]:
+        attempts.append(as_of)
+        if len(attempts) == 1:
+            raise DBAPIError("UPDATE profiles ...", {}, Deadlock("deadlock detected"))
+        return {"rows_touched": 1}
+
+    definition_ = ServiceDefinition(
+        name="jobtest",
+        title="job test",
+        migrations=migrations_dir(loyalty_coupon.__file__),
+        jobs=[Job("flaky", flaky)],
+    )
+    service = await start_service(
+        definition_, database_url=database, bootstrap=kafka_bootstrap, background=False
+    )
+    try:
+        response = await service.client.post("/v1/admin/jobs/flaky/run", json={})
+        assert response.status_code == 200, response.text
+        assert response.json()["counts"] == {"rows_touched": 1}
+        assert len(attempts) == 2
+    finally:
+        await service.stop()

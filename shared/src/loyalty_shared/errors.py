@@ -224,7 +224,9 @@ def _outage(exc: Exception) -> bool:
         if exc.connection_invalidated:
             return True
         sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        return sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention
+        # connection exception, operator intervention, and a deadlock or serialization failure
+        # with concurrent work: all pass if the client tries again
+        return sqlstate.startswith(("08", "57P", "40P01", "40001"))
     return False
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from .observability import JOB_RUNS
 
@@ -51,13 +52,32 @@ async def job_lock(runtime: Runtime, job: Job) -> AsyncIterator[None]:
             await conn.commit()
 
 
+TRANSIENT_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
+ATTEMPTS = 3
+
+
+def transient(exc: BaseException) -> bool:
+    """A conflict with concurrent work that the same work, run again, gets past."""
+    return isinstance(exc, DBAPIError) and str(getattr(exc.orig, "sqlstate", "") or "").startswith(
+        TRANSIENT_SQLSTATES
+    )
+
+
 async def run_job(runtime: Runtime, job: Job, as_of: datetime) -> dict[str, Any]:
     async with job_lock(runtime, job):
-        try:
-            counts = await job.run(runtime, as_of)
-        except Exception:
-            JOB_RUNS.labels(runtime.name, job.name, "error").inc()
-            raise
+        for attempt in range(ATTEMPTS):
+            try:
+                counts = await job.run(runtime, as_of)
+                break
+            except Exception as exc:
+                if transient(exc) and attempt < ATTEMPTS - 1:
+                    log.warning(
+                        "job_retried", service=runtime.name, job=job.name, error=type(exc).__name__
+                    )
+                    await asyncio.sleep(0.05 * 2**attempt)
+                    continue
+                JOB_RUNS.labels(runtime.name, job.name, "error").inc()
+                raise
     JOB_RUNS.labels(runtime.name, job.name, "ok").inc()
     # A run that touched nothing is routine (frequent jobs find nothing due most of the time).
     busy = any(isinstance(v, int | float) and v for v in counts.values())

@@ -42,6 +42,7 @@ class FakeMembers:
         push: str | None = "push-token",
         locale: str = "zh-CN",
         timezone: str = "Asia/Shanghai",
+        consents: dict[str, bool] | None = None,
     ) -> str:
         self.members[member_id] = {
             "member_id": member_id,
@@ -53,6 +54,7 @@ class FakeMembers:
             "tier": "bronze",
             "card_no": "8800000000001",
             "erased_at": None,
+            "consents": consents or {},
         }
         items = []
         if wechat:

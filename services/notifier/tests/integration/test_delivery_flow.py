@@ -507,3 +507,26 @@ async def test_expiry_reminders_and_winback(notifier: Harness):
     assert sms.body == (
         "[Loyalty] 300 of your points start to expire on 2026-04-01. Use them before they go."
     )
+
+
+async def test_an_offer_that_arrives_before_the_sign_up_waits_for_the_consents(
+    notifier: Harness,
+):
+    """Topics are not ordered against each other: a coupon.issued may reach the notifier before
+    the member.registered that carries the consents. Consent is then decided when sending, from
+    the member service, instead of being refused for good."""
+    providers = notifier.use(
+        {c: [ScriptedProvider(f"{c}-primary")] for c in ("email", "sms", "wechat", "push")}
+    )
+    member = notifier.members.add(new_member(), consents={"email": True})
+    offer = coupon_issued(member)
+    await notifier.deliver(offer)  # no member.registered yet
+    statuses = await notifier.statuses(member, "coupon.issued")
+    assert statuses["email"] == ("queued", None) and statuses["sms"] == ("queued", None)
+    await notifier.run_job("dispatch", T0)
+    statuses = await notifier.statuses(member, "coupon.issued")
+    assert statuses["email"][0] == "sent"
+    assert statuses["sms"] == ("suppressed", "no_consent")
+    assert (
+        len([m for m in providers["email"][0].to(member) if m.event_type == "coupon.issued"]) == 1
+    )

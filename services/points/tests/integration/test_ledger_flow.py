@@ -372,3 +372,43 @@ async def test_a_job_run_at_the_ends_of_the_calendar_is_a_422(points, job, as_of
     response = await points.client.post(f"/v1/admin/jobs/{job}/run", json={"as_of": as_of})
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "validation_error"
+
+
+async def test_a_tier_card_does_not_pay_the_tier_twice(points):
+    from loyalty_shared.events.members import CardBenefits, MemberCardIssued
+
+    member = new_member()
+    tier_card = make_event(
+        "member.card_issued",
+        MemberCardIssued(
+            member_id=member,
+            card_no="8000000000000018",
+            plan_code="tier-silver",
+            plan_kind="tier",
+            benefits=CardBenefits(points_multiplier=1.2),
+            occurred_at=T0,
+        ),
+        subject=member,
+        source="test",
+        time=T0,
+    )
+    paid_card = make_event(
+        "member.card_issued",
+        MemberCardIssued(
+            member_id=member,
+            card_no="8000000000000026",
+            plan_code="vip-month",
+            plan_kind="paid",
+            benefits=CardBenefits(points_multiplier=1.1),
+            occurred_at=T0,
+        ),
+        subject=member,
+        source="test",
+        time=T0,
+    )
+    await deliver(
+        points, registered(member), tier_card, paid(member, "o-tc1", 10000, tier="silver")
+    )
+    assert await balance(points, member) == (100, 120)  # the tier's 1.2 once, not 1.44
+    await deliver(points, paid_card, paid(member, "o-tc2", 10000, tier="silver"))
+    assert await balance(points, member) == (100, 120 + 132)  # a paid card's benefit does count

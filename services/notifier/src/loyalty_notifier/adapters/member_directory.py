@@ -29,6 +29,7 @@ class Contact:
     locale: str | None = None
     timezone: str | None = None
     addresses: dict[str, str] = field(default_factory=dict)  # channel → address
+    consents: dict[str, bool] = field(default_factory=dict)  # marketing consent per channel
 
     def address(self, channel: str) -> str | None:
         return self.addresses.get(channel)
@@ -59,6 +60,7 @@ def contact_from(member: dict[str, Any], identities: list[dict[str, Any]]) -> Co
         locale=member.get("locale"),
         timezone=member.get("timezone"),
         addresses={} if member.get("erased_at") else addresses,
+        consents={k: bool(v) for k, v in (member.get("consents") or {}).items()},
     )
 
 

@@ -120,6 +120,9 @@ class Preferences:
     timezone: str = DEFAULT_TIMEZONE
     locale: str = DEFAULT_LOCALE
     erased: bool = False
+    # False until the member's consents are known (member.registered, the preferences API, or
+    # the member service): an event may arrive before the sign-up that carries them.
+    known: bool = True
 
     def consents_to(self, channel: str) -> bool:
         return channel == "inbox" or bool(self.consents.get(channel, False))
@@ -147,6 +150,8 @@ def decide(channel: str, category: Category, preferences: Preferences, now: date
     if category == "transactional" or channel == "inbox":
         return QUEUE
     if not preferences.consents_to(channel):
+        if not preferences.known:
+            return QUEUE  # decided when sending, once the member's consents are known
         return Decision("suppressed", "no_consent")
     if preferences.quiet_hours is not None:
         ends = preferences.quiet_hours.ends_at(now, preferences.timezone)

@@ -57,4 +57,4 @@ class Notifier:
             return DEFAULT_QUIET_HOURS
 
     def default_preferences(self, member_id: str) -> Preferences:
-        return Preferences(member_id=member_id, quiet_hours=self.default_quiet_hours)
+        return Preferences(member_id=member_id, quiet_hours=self.default_quiet_hours, known=False)

@@ -132,9 +132,12 @@ async def _process(
             if known
             else notifier.default_preferences(member_id)
         )
-        if known is None and contact is not None:
+        if known is None and contact is not None and contact.found:
+            # The notifier has not seen this member's sign-up yet: the member service knows.
             preferences.timezone = contact.timezone or preferences.timezone
             preferences.locale = contact.locale or preferences.locale
+            preferences.consents = dict(contact.consents)
+            preferences.known = True
         outcome = _check(notifier, row, state, preferences, contact, custom, as_of)
         outcome.timezone = preferences.timezone
         outcomes.append(outcome)

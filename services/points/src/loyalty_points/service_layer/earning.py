@@ -88,7 +88,11 @@ async def apply_in_memory(
             tiers_learnt[data.new_tier] = data.points_multiplier
             batch.member_changed(member_id)
         elif event.type == "member.card_issued":
+            # A tier card's multiplier is the tier's own, which the tier rule applies already:
+            # counting it again as a card benefit would pay the tier twice.
             multiplier = data.benefits.points_multiplier if data.benefits else 1.0
+            if data.plan_kind == "tier":
+                multiplier = 1.0
             member.cards[data.card_no] = Card(multiplier, data.expires_at)
             batch.member_changed(member_id)
         elif event.type == "member.checked_in":
