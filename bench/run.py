@@ -1,6 +1,10 @@
 """The benchmark harness: each number next to its physical bound, measured in the same run.
 
-    python bench/run.py [--quick] [--orders N] [--members M]
+    python bench/run.py [--quick] [--big] [--scenarios pipeline,latency,coupons,scale,nightly]
+                        [--orders N] [--members M]
+
+Scenarios 2-5 live in latency.py, coupons.py, scale.py and nightly.py (their docstrings say what
+each measures); this file runs the chosen ones and writes one report.
 
 Scenario 1, order pipeline: N `order.paid` events over M members are pre-loaded on
 `loyalty.orders`; the points service consumes them until every balance is written. Next to it,
@@ -17,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -26,8 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import coupons
+import latency
+import nightly
 import orjson
+import scale
 from aiokafka import AIOKafkaConsumer
+from common import T0, Platform, Stopwatch, cpu_seconds
 from loyalty_shared.db import EmbeddedCluster, ensure_database, to_asyncpg_dsn
 from loyalty_shared.events import make_event
 from loyalty_shared.events.orders import OrderPaid
@@ -36,22 +44,7 @@ from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
 from loyalty_shared.observability import EVENTS_PROCESSED
 
 RESULTS = Path(__file__).resolve().parent / "results"
-T0 = datetime(2026, 3, 2, 4, 0, tzinfo=UTC)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class Stopwatch:
-    def __enter__(self) -> Stopwatch:
-        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = cpu_seconds() - self.cpu
+SCENARIOS = ["pipeline", "latency", "coupons", "scale", "nightly"]
 
 
 def order_events(count: int, members: int) -> list[tuple[bytes, bytes]]:
@@ -334,19 +327,14 @@ async def pipeline(orders: int, members: int, naive_sample: int) -> dict[str, An
         cluster.stop()
 
 
-def markdown(result: dict[str, Any]) -> str:
-    p = result["pipeline"]
+def markdown_pipeline(p: dict[str, Any]) -> list[str]:
     rows = [
         ("raw aiokafka consumer (decode only)", p["raw_consumer"]),
         ("raw asyncpg batches (inbox + ledger + balance)", p["raw_database"]),
         ("naive: one transaction + commit per event", p["naive_per_event"]),
         ("points service (the real pipeline)", p["points_service"]),
     ]
-    lines = [
-        f"# Benchmark results ({result['when']})",
-        "",
-        f"Machine: {result['machine']}. Mode: {result['mode']}.",
-        "",
+    return [
         f"## 1. Order pipeline: {p['orders']} order.paid over {p['members']} members",
         "",
         "| path | events/s | CPU s per 1000 events |",
@@ -360,32 +348,95 @@ def markdown(result: dict[str, Any]) -> str:
         f"Balances correct: {p['correct']}.",
         "",
     ]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Benchmark results ({result['when']})",
+        "",
+        f"Machine: {result['machine']}. Mode: {result['mode']}. "
+        f"Scenarios: {', '.join(result['scenarios'])}.",
+        "",
+    ]
+    if "pipeline" in result:
+        lines += markdown_pipeline(result["pipeline"])
+    if "latency" in result:
+        lines += latency.markdown(result["latency"])
+    if "coupons" in result:
+        lines += coupons.markdown(result["coupons"])
+    if "scale" in result:
+        lines += scale.markdown(result["scale"])
+    if "nightly" in result:
+        lines += nightly.markdown(result["nightly"])
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
+    parser.add_argument(
+        "--big", action="store_true", help="1M members (scale) and 1M members / 5M lots (nightly)"
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)",
+    )
     parser.add_argument("--orders", type=int)
     parser.add_argument("--members", type=int)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    orders = args.orders or (5000 if args.quick else 200_000)
-    members = args.members or (500 if args.quick else 20_000)
-    naive_sample = min(1000 if args.quick else 5000, orders)
-    result = {
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenarios: {unknown}; choose from {SCENARIOS}")
+    quick, big = args.quick, args.big and not args.quick
+    result: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "mode": "quick" if args.quick else "full",
+        "mode": "quick" if quick else ("full, big" if big else "full"),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python "
         f"{platform.python_version()}, embedded PostgreSQL 18, tansu broker",
-        "pipeline": asyncio.run(pipeline(orders, members, naive_sample)),
+        "scenarios": [s for s in SCENARIOS if s in chosen],
     }
+    correct = True
+    if "pipeline" in chosen:
+        orders = args.orders or (5000 if quick else 200_000)
+        members = args.members or (500 if quick else 20_000)
+        naive_sample = min(1000 if quick else 5000, orders)
+        result["pipeline"] = asyncio.run(pipeline(orders, members, naive_sample))
+        correct = result["pipeline"]["correct"]
+    if "latency" in chosen or "coupons" in chosen:
+        print("starting the platform (five services as processes)...", flush=True)
+        stack = Platform().start()
+        try:
+            if "latency" in chosen:
+                result["latency"] = asyncio.run(
+                    latency.run(
+                        stack,
+                        rate=50 if quick else 500,
+                        duration=10 if quick else 60,
+                        members=100 if quick else 2000,
+                    )
+                )
+            if "coupons" in chosen:
+                result["coupons"] = asyncio.run(
+                    coupons.run(stack, rate=100 if quick else 1000, duration=10 if quick else 60)
+                )
+        finally:
+            stack.stop()
+    if "scale" in chosen:
+        sizes = [10_000, 100_000] + ([1_000_000] if big else [])
+        result["scale"] = asyncio.run(scale.run(sizes, 3000 if quick else 20_000))
+    if "nightly" in chosen:
+        result["nightly"] = asyncio.run(
+            nightly.run(10_000 if quick else (1_000_000 if big else 100_000))
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     report = markdown(result)
     (args.out / "latest.md").write_text(report)
     print(report)
-    return 0 if result["pipeline"]["correct"] else 1
+    return 0 if correct else 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ def test_quick_benchmark_produces_the_table(tmp_path: Path):
             sys.executable,
             str(ROOT / "bench" / "run.py"),
             "--quick",
+            "--scenarios",
+            "pipeline",
             "--orders",
             "2000",
             "--members",
