@@ -38,6 +38,13 @@ async def overflow(days: int) -> dict[str, str]:
     return {"at": (datetime.max - timedelta(days=1) + timedelta(days=days)).isoformat()}
 
 
+@router.get("/busy")
+async def busy() -> dict[str, str]:
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    raise PoolTimeout("QueuePool limit of size 10 overflow 10 reached")
+
+
 @pytest.fixture(scope="module")
 def app():
     definition = ServiceDefinition(
@@ -93,3 +100,10 @@ async def test_arithmetic_out_of_range_is_a_422_not_a_500(client):
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
     assert "out of range" in response.json()["detail"]
+
+
+async def test_every_database_connection_busy_is_a_503_to_retry(client):
+    response = await client.get("/v1/busy")
+    assert response.status_code == 503
+    assert response.json()["code"] == "service_unavailable"
+    assert response.headers["retry-after"]

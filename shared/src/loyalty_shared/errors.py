@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -218,8 +219,8 @@ def _refused_value(exc: Exception) -> bool:
 
 def _outage(exc: Exception) -> bool:
     """Connection trouble (refused, dropped, server shutting down), not a statement's fault."""
-    if isinstance(exc, OSError | OperationalError | InterfaceError):
-        return True
+    if isinstance(exc, OSError | OperationalError | InterfaceError | PoolTimeout):
+        return True  # PoolTimeout: every connection busy (overload), another way of unavailable
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
@@ -268,6 +269,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
+    @app.exception_handler(PoolTimeout)
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         if _refused_value(exc):
             # A value the database cannot store (e.g. U+0000 in text) is bad input, not an outage.
