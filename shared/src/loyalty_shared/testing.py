@@ -203,3 +203,16 @@ def produced_event_checker() -> Iterator[ProducedEventChecker]:
         yield checker
     finally:
         Event.to_cloudevent = original  # type: ignore[method-assign]
+
+
+async def deliver(service: RunningService, *events: Any) -> list[Any]:
+    """What the consumer does with a batch, without a broker: the service's own handlers, inbox
+    and transaction. Answers the events that were new (duplicates are skipped)."""
+    from .kafka import apply_events
+
+    runtime = service.runtime
+    assert runtime.definition.handlers is not None, f"{runtime.name} consumes nothing"
+    async with runtime.transaction() as conn:
+        return await apply_events(
+            conn, runtime.consumer_group, runtime.definition.handlers(runtime), list(events)
+        )

@@ -16,8 +16,13 @@ from loyalty_shared.events import Event, make_event
 from loyalty_shared.events.members import MemberCheckedIn, MemberRegistered, MemberTierChanged
 from loyalty_shared.events.orders import OrderCancelled, OrderPaid, OrderRefunded
 from loyalty_shared.events.segments import SegmentEntered
-from loyalty_shared.kafka import apply_events
-from loyalty_shared.testing import DatabaseFactory, RunningService, outbox_events, start_service
+from loyalty_shared.testing import (
+    DatabaseFactory,
+    RunningService,
+    deliver,
+    outbox_events,
+    start_service,
+)
 from sqlalchemy import text
 
 T0 = datetime(2026, 3, 2, 4, 0, tzinfo=UTC)
@@ -44,15 +49,6 @@ async def coupon(databases: DatabaseFactory, clock: FixedClock):
 
 def unique(prefix: str) -> str:
     return f"{prefix}{next(_ids):06d}"
-
-
-async def deliver(service: RunningService, *events: Event[Any]) -> None:
-    """What the consumer does with a batch: the same handlers, inbox and transaction."""
-    runtime = service.runtime
-    async with runtime.transaction() as conn:
-        await apply_events(
-            conn, runtime.consumer_group, runtime.definition.handlers(runtime), list(events)
-        )
 
 
 def _event(type_: str, data: Any, member_id: str, at: datetime) -> Event[Any]:

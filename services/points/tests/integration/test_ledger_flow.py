@@ -14,8 +14,13 @@ from loyalty_shared.clock import FixedClock
 from loyalty_shared.events import make_event
 from loyalty_shared.events.members import MemberCheckedIn, MemberRegistered, MemberTierChanged
 from loyalty_shared.events.orders import OrderCancelled, OrderPaid, OrderRefunded
-from loyalty_shared.kafka import apply_events
-from loyalty_shared.testing import DatabaseFactory, RunningService, outbox_events, start_service
+from loyalty_shared.testing import (
+    DatabaseFactory,
+    RunningService,
+    deliver,
+    outbox_events,
+    start_service,
+)
 from sqlalchemy import text
 
 T0 = datetime(2026, 3, 2, 4, 0, tzinfo=UTC)  # 12:00 in Shanghai, not a member day
@@ -37,15 +42,6 @@ async def points(databases: DatabaseFactory):
 
 def new_member() -> str:
     return f"m{next(_ids):06d}"
-
-
-async def deliver(service: RunningService, *events) -> None:
-    """What the consumer does with a batch: the same handlers, inbox and transaction."""
-    runtime = service.runtime
-    async with runtime.transaction() as conn:
-        await apply_events(
-            conn, runtime.consumer_group, runtime.definition.handlers(runtime), list(events)
-        )
 
 
 def registered(member_id: str, at: datetime = T0):

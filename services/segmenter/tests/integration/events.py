@@ -11,8 +11,7 @@ from loyalty_shared.events.coupons import CouponHoldoutAssigned, CouponIssued, C
 from loyalty_shared.events.members import MemberErased, MemberRegistered, MemberTierChanged
 from loyalty_shared.events.orders import OrderCancelled, OrderLine, OrderPaid, OrderRefunded
 from loyalty_shared.events.points import LedgerPortion, PointsCredited, PointsDebited
-from loyalty_shared.kafka import apply_events
-from loyalty_shared.testing import RunningService
+from loyalty_shared.testing import deliver as deliver  # the tests import it from here
 
 T0 = datetime(2026, 3, 2, 4, 0, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -20,15 +19,6 @@ _ids = itertools.count(1)
 
 def next_id(prefix: str) -> str:
     return f"{prefix}{next(_ids):06d}"
-
-
-async def deliver(service: RunningService, *events: Event[Any]) -> None:
-    """What the consumer does with a batch: the same handlers, inbox and transaction."""
-    runtime = service.runtime
-    async with runtime.transaction() as conn:
-        await apply_events(
-            conn, runtime.consumer_group, runtime.definition.handlers(runtime), list(events)
-        )
 
 
 def _event(type_: str, data: Any, subject: str | None, at: datetime) -> Event[Any]:
