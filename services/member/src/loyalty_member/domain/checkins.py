@@ -1,4 +1,4 @@
-"""Daily check-ins: the member's local day, streaks, and how far ahead a business time may lie."""
+"""Daily check-ins: the member's local day and streaks (business times: domain.business_time)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,15 @@ from collections.abc import Container
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from .business_time import (
+    EARLIEST_BUSINESS_TIME,
+    MAX_CLOCK_SKEW,
+    BusinessTimeInFuture,
+    BusinessTimeOutOfRange,
+    check_business_time,
+)
+
 DEFAULT_TIMEZONE = "Asia/Shanghai"
-# Clocks of POS terminals and phones drift; beyond this a business time is a mistake (contract §3).
-MAX_CLOCK_SKEW = timedelta(minutes=5)
-# Any past is fine, within reason: before this a business time is a mistake too (and at the
-# calendar's first instant the database driver would read it back as -infinity).
-EARLIEST_BUSINESS_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class BusinessTimeOutOfRange(ValueError):
-    """A business time (`occurred_at`) the platform does not take."""
-
-
-class BusinessTimeInFuture(BusinessTimeOutOfRange):
-    """A business time (`occurred_at`) lies more than MAX_CLOCK_SKEW ahead of now."""
 
 
 def business_time(occurred_at: datetime | None, now: datetime) -> datetime:
@@ -27,15 +22,7 @@ def business_time(occurred_at: datetime | None, now: datetime) -> datetime:
     terminals import their backlog), else now. More than 5 minutes ahead is refused."""
     if occurred_at is None:
         return now.astimezone(UTC)
-    if occurred_at.tzinfo is None:
-        raise ValueError("a business time needs an offset")
-    if occurred_at < EARLIEST_BUSINESS_TIME:
-        raise BusinessTimeOutOfRange(f"{occurred_at.isoformat()} lies before 1970")
-    if occurred_at - now > MAX_CLOCK_SKEW:
-        raise BusinessTimeInFuture(
-            f"{occurred_at.isoformat()} lies more than "
-            f"{int(MAX_CLOCK_SKEW.total_seconds() // 60)} minutes in the future"
-        )
+    check_business_time(occurred_at, now)
     return occurred_at.astimezone(UTC)
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Final, Literal
 
-from .checkins import EARLIEST_BUSINESS_TIME
+from .business_time import (
+    MAX_CLOCK_SKEW,
+    BusinessTimeInFuture,
+    BusinessTimeOutOfRange,
+    BusinessTimeWithoutOffset,
+    check_business_time,
+)
 
 OrderStatus = Literal["placed", "paid", "shipped", "delivered", "cancelled"]
 
@@ -18,7 +24,6 @@ CANCELLED: Final = "cancelled"
 
 SUPPORTED_CURRENCIES: Final = frozenset({"CNY"})
 # A POS clock may run a little fast; beyond this a business time is a mistake, not skew.
-MAX_AHEAD: Final = timedelta(minutes=5)
 # Far above any real order (10 billion yuan) and far below where bigint sums could overflow.
 MAX_AMOUNT_MINOR: Final = 10**12
 
@@ -107,19 +112,21 @@ def check_currency(currency: str) -> str:
 
 
 def business_time(occurred_at: datetime | None, now: datetime) -> datetime:
-    """When a fact happened: the caller's time (any past, at most MAX_AHEAD ahead of `now`),
+    """When a fact happened: the caller's time (any past, at most MAX_CLOCK_SKEW ahead of `now`),
     or `now` when the caller gave none."""
     if occurred_at is None:
         return now
-    if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
-        raise InvalidBusinessTime("occurred_at must carry a UTC offset (RFC 3339)")
-    if occurred_at < EARLIEST_BUSINESS_TIME:
-        raise InvalidBusinessTime("occurred_at lies before 1970")
-    if occurred_at - now > MAX_AHEAD:
+    try:
+        check_business_time(occurred_at, now)
+    except BusinessTimeWithoutOffset as exc:
+        raise InvalidBusinessTime("occurred_at must carry a UTC offset (RFC 3339)") from exc
+    except BusinessTimeInFuture as exc:
         raise InvalidBusinessTime(
-            f"occurred_at lies more than {int(MAX_AHEAD.total_seconds() // 60)} minutes "
+            f"occurred_at lies more than {int(MAX_CLOCK_SKEW.total_seconds() // 60)} minutes "
             "in the future"
-        )
+        ) from exc
+    except BusinessTimeOutOfRange as exc:
+        raise InvalidBusinessTime("occurred_at lies before 1970") from exc
     return occurred_at
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -10,15 +10,17 @@ from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from ..domain.business_time import (
+    BusinessTimeInFuture,
+    BusinessTimeOutOfRange,
+    check_business_time,
+)
 from ..domain.cards import MAX_BATCH, PLAN_CODE
-from ..domain.checkins import EARLIEST_BUSINESS_TIME
 from ..service_layer import cards as service
 from ..service_layer.cards import CreateCardPlan, invalid
 
 router = APIRouter(prefix="/v1", tags=["cards"])
 
-# A POS clock may run a little fast; a purchase further ahead is a mistake (contract §3).
-MAX_AHEAD = timedelta(minutes=5)
 MAX_PRICE_MINOR = 10**12
 
 
@@ -335,10 +337,14 @@ async def issue_member_card(
 async def purchase_member_card(
     member_id: str, body: CardPurchaseCreate, runtime: RuntimeDep
 ) -> CardPurchased:
-    if body.occurred_at is not None and body.occurred_at > runtime.clock.now() + MAX_AHEAD:
-        raise invalid([(("occurred_at",), "must not lie more than 5 minutes in the future")])
-    if body.occurred_at is not None and body.occurred_at < EARLIEST_BUSINESS_TIME:
-        raise invalid([(("occurred_at",), "must not lie before 1970")])
+    if body.occurred_at is not None:
+        try:
+            check_business_time(body.occurred_at, runtime.clock.now())
+        except BusinessTimeInFuture as exc:
+            message = "must not lie more than 5 minutes in the future"
+            raise invalid([(("occurred_at",), message)]) from exc
+        except BusinessTimeOutOfRange as exc:
+            raise invalid([(("occurred_at",), "must not lie before 1970")]) from exc
     card = await service.purchase_card(runtime, member_id, body.plan_code, body.occurred_at)
     return CardPurchased(**card)
 
