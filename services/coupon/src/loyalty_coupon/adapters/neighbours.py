@@ -9,6 +9,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from loyalty_shared.auth import parse_api_keys
 from loyalty_shared.settings import SERVICE_PORT_OFFSETS
 
 from ..config import CouponSettings
@@ -80,8 +81,8 @@ class Neighbours:
 
 
 def _first_key(spec: str) -> str:
-    first = spec.split(";")[0].strip()
-    return first.partition("=")[0].strip()
+    """The first key of LOYALTY_API_KEYS (make run's dev-key), read by the one parser."""
+    return next(iter(parse_api_keys(spec)), "")
 
 
 def neighbours_of(runtime: Runtime) -> Neighbours:
