@@ -181,8 +181,10 @@ async def test_order_to_refund_journey(points):
     ]
     kinds = {e["kind"] for e in ledger}
     assert kinds == {"earn", "release", "redeem", "reverse"}
-    types = [e["type"] for e in await outbox_events(points.runtime, key=member)]
+    emitted = await outbox_events(points.runtime, key=member)
+    types = [e["type"] for e in emitted]
     assert types.count("points.credited") == 2 and types.count("points.released") == 1
+
     assert types.count("points.debited") == 1 and types.count("points.reversed") == 3
 
 
@@ -408,3 +410,16 @@ async def test_a_tier_card_does_not_pay_the_tier_twice(points):
     assert await balance(points, member) == (100, 120)  # the tier's 1.2 once, not 1.44
     await deliver(points, paid_card, paid(member, "o-tc2", 10000, tier="silver"))
     assert await balance(points, member) == (100, 120 + 132)  # a paid card's benefit does count
+
+
+async def test_points_events_keep_the_business_time_of_a_backdated_order(points):
+    member = new_member()
+    backdated = T0 - timedelta(days=3)  # an offline till imports its backlog
+    await deliver(points, registered(member), paid(member, "o-back", 10000, at=backdated))
+    [credited] = [
+        e
+        for e in await outbox_events(points.runtime, key=member, event_type="points.credited")
+        if e["data"]["rule"] == "purchase"
+    ]
+    assert datetime.fromisoformat(credited["time"]) == backdated
+    assert datetime.fromisoformat(credited["data"]["occurred_at"]) == backdated

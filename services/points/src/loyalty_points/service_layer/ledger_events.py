@@ -127,7 +127,7 @@ def _event(account: Account, op: Operation) -> Event[Any]:
             **balances, points=points, reason=first.reason, entries=_portions(account, op.entries)
         )
         kind = "points.adjusted"
-    return make_event(kind, data, subject=member_id, source=SOURCE, time=first.created_at)
+    return make_event(kind, data, subject=member_id, source=SOURCE, time=first.occurred_at)
 
 
 async def publish_operations(conn: AsyncConnection, batch: LedgerBatch) -> int:
