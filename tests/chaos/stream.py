@@ -16,9 +16,9 @@ import os
 import random
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from loyalty_shared.events import MEMBERS, ORDERS, POINTS, make_event
@@ -29,8 +29,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .oracle import Expected, Fact
-
-T = TypeVar("T")
 
 GROUP = "loyalty-points"
 CONSUMED = (MEMBERS, ORDERS)
@@ -436,18 +434,6 @@ async def committed_offsets(bootstrap: str, group: str = GROUP) -> dict[TopicPar
         return {tp: offset for tp, offset in offsets.items() if offset is not None}
     finally:
         await consumer.stop()
-
-
-async def until(check: Callable[[], Awaitable[T]], what: str, timeout: float) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.25)
 
 
 async def consumed_everything(bootstrap: str, ends: dict[TopicPartition, int]) -> bool:

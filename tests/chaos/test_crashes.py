@@ -31,7 +31,7 @@ import pytest
 from loyalty_shared.db import create_engine, to_asyncpg_dsn
 from loyalty_shared.events import POINTS
 from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
-from loyalty_shared.testing import DatabaseFactory
+from loyalty_shared.testing import DatabaseFactory, until
 
 from .oracle import expected_accounts
 from .stream import (
@@ -46,7 +46,6 @@ from .stream import (
     handled_ids,
     read_all,
     record_figures,
-    until,
 )
 
 MEMBERS = env_int("LOYALTY_CHAOS_CRASH_MEMBERS", 50)

@@ -11,21 +11,9 @@ import loyalty_member.bootstrap
 import loyalty_points.bootstrap
 import pytest
 from loyalty_shared.db import EmbeddedCluster, ensure_database
-from loyalty_shared.testing import DatabaseFactory, RunningService, start_service
+from loyalty_shared.testing import DatabaseFactory, RunningService, start_service, until
 
 pytestmark = pytest.mark.slow
-
-
-async def until(check, what: str, timeout: float = 90.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 async def balances(points: RunningService, member_ids: list[str]) -> list[int]:
@@ -64,7 +52,7 @@ async def test_points_database_outage_loses_nothing(
         async def first_credited() -> bool:
             return await balances(points, member_ids) == [100]
 
-        await until(first_credited, "the first signup bonus")
+        await until(first_credited, "the first signup bonus", 90.0)
 
         cluster.stop()  # the points database goes away
         ready = await points.client.get("/readyz")
@@ -89,7 +77,7 @@ async def test_points_database_outage_loses_nothing(
         async def all_credited() -> bool:
             return await balances(points, member_ids) == [100] * len(member_ids)
 
-        await until(all_credited, "every signup bonus after the outage")
+        await until(all_credited, "every signup bonus after the outage", 90.0)
         assert (await points.client.get("/readyz")).status_code == 200
         for member_id in member_ids:
             ledger = (await points.client.get(f"/v1/accounts/{member_id}/ledger")).json()

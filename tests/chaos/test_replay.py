@@ -14,7 +14,7 @@ from datetime import timedelta
 import loyalty_points.bootstrap
 import pytest
 from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
-from loyalty_shared.testing import DatabaseFactory, RunningService, start_service
+from loyalty_shared.testing import DatabaseFactory, RunningService, start_service, until
 
 from .oracle import expected_accounts
 from .stream import (
@@ -30,7 +30,6 @@ from .stream import (
     handled_ids,
     record_figures,
     twice_with_duplicates,
-    until,
 )
 
 MEMBERS = env_int("LOYALTY_CHAOS_MEMBERS", 300)

@@ -3,28 +3,14 @@ come back through the outbox replay, and every effect is there exactly once."""
 
 from __future__ import annotations
 
-import asyncio
-
 import loyalty_member.bootstrap
 import loyalty_points.bootstrap
 from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
-from loyalty_shared.testing import DatabaseFactory, RunningService, start_service
+from loyalty_shared.testing import DatabaseFactory, RunningService, start_service, until
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 PHONES = ["13700000001", "13700000002", "13700000003"]
-
-
-async def until(predicate, what: str, timeout: float = 45.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def pending_outbox(service: RunningService) -> int:
@@ -56,7 +42,7 @@ async def test_events_survive_a_broker_that_restarts_empty(databases: DatabaseFa
     async def all_published() -> bool:
         return await pending_outbox(member) == 0
 
-    await until(all_published, "the relay to publish the sign-ups")
+    await until(all_published, "the relay to publish the sign-ups", 45.0)
     await member.stop()
 
     # The broker restarts empty before anyone consumed the events.
@@ -78,7 +64,7 @@ async def test_events_survive_a_broker_that_restarts_empty(databases: DatabaseFa
                 ]
                 return got if got == [100, 100, 100] else None
 
-            await until(balances, "the replayed sign-ups to be credited")
+            await until(balances, "the replayed sign-ups to be credited", 45.0)
 
             # The operator's replay sends everything again; consumers skip what they hold.
             before = duplicates_seen()
@@ -91,7 +77,7 @@ async def test_events_survive_a_broker_that_restarts_empty(databases: DatabaseFa
             async def duplicates_skipped() -> bool:
                 return duplicates_seen() - before >= len(PHONES)
 
-            await until(duplicates_skipped, "the replayed duplicates to be skipped")
+            await until(duplicates_skipped, "the replayed duplicates to be skipped", 45.0)
             for member_id in member_ids:
                 account = (await points.client.get(f"/v1/accounts/{member_id}")).json()
                 assert account["available"] == 100

@@ -216,3 +216,19 @@ async def deliver(service: RunningService, *events: Any) -> list[Any]:
         return await apply_events(
             conn, runtime.consumer_group, runtime.definition.handlers(runtime), list(events)
         )
+
+
+async def until(check: Any, what: str, timeout: float, every: float = 0.2) -> Any:
+    """Poll an async check until it answers something truthy (and answer that), or fail with
+    what was awaited once `timeout` seconds have passed: every wait in a test is bounded."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(every)
