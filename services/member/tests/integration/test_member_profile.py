@@ -200,3 +200,19 @@ async def test_a_referral_qualifies_once_on_the_first_paid_order(member):
     assert events[0]["subject"] == referrer["member_id"]
     assert events[0]["data"]["referred_member_id"] == referred["member_id"]
     assert events[0]["data"]["order_id"] == "o1"
+
+
+async def test_an_email_shared_by_members_pages_like_any_list(member):
+    shared = "family@example.com"
+    ids = sorted([(await sign_up(member, email=shared))["member_id"] for _ in range(3)])
+    first = (await member.client.get("/v1/members", params={"email": shared, "limit": 2})).json()
+    assert [m["member_id"] for m in first["items"]] == ids[:2]
+    assert first["next_cursor"] == ids[1]
+    rest = (
+        await member.client.get(
+            "/v1/members", params={"email": shared, "limit": 2, "cursor": first["next_cursor"]}
+        )
+    ).json()
+    assert [m["member_id"] for m in rest["items"]] == ids[2:] and rest["next_cursor"] is None
+    too_many = await member.client.get("/v1/members", params={"email": shared, "limit": 501})
+    assert too_many.status_code == 422

@@ -149,6 +149,8 @@ async def lookup_members(
     phone: Annotated[str | None, Query(max_length=32)] = None,
     card_no: Annotated[str | None, Query(max_length=32)] = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=32)] = None,
 ) -> MemberList:
     given = [name for name, v in (("phone", phone), ("card_no", card_no), ("email", email)) if v]
     if len(given) != 1:
@@ -160,8 +162,14 @@ async def lookup_members(
                 for n in (given or ["phone", "card_no", "email"])
             ],
         )
-    rows = await find_members(runtime, phone=phone, card_no=card_no, email=email)
-    return MemberList(items=[MemberPublic(**r) for r in rows])
+    rows = await find_members(
+        runtime, phone=phone, card_no=card_no, email=email, limit=limit + 1, after=cursor
+    )
+    more = len(rows) > limit  # lists page like every list of the contract (§3)
+    rows = rows[:limit]
+    return MemberList(
+        items=[MemberPublic(**r) for r in rows], next_cursor=rows[-1]["member_id"] if more else None
+    )
 
 
 @router.patch(

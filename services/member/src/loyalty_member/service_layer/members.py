@@ -38,8 +38,11 @@ async def find_members(
     card_no: str | None = None,
     email: str | None = None,
     limit: int = 50,
+    after: str | None = None,
 ) -> list[dict[str, Any]]:
     query = select(members).where(members.c.erased_at.is_(None))
+    if after is not None:
+        query = query.where(members.c.member_id > after)
     if phone is not None:
         query = query.where(members.c.phone == _phone(phone))
     elif card_no is not None:
