@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from loyalty_shared.events import REGISTRY, TOPICS
+from loyalty_shared.events import REGISTRY, TOPICS, types_on
 from loyalty_shared.events.envelope import CloudEvent
 from loyalty_shared.service import ServiceDefinition, create_app
 from loyalty_shared.settings import ServiceSettings
@@ -47,7 +47,7 @@ def asyncapi() -> dict[str, Any]:
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     for topic in TOPICS:
-        types = sorted(t for t, spec in REGISTRY.items() if spec.topic == topic)
+        types = types_on(topic)
         channels[topic] = {
             "address": topic,
             "description": f"CloudEvents 1.0 JSON, keyed by member_id; dead letters go to "

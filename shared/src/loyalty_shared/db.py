@@ -123,10 +123,6 @@ class EmbeddedCluster:
     def url(self, database: str) -> str:
         return f"postgresql+asyncpg://postgres@/{database}?host={quote(self.socket_dir)}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._server.get_pid()
-
     def stop(self) -> None:
         self._server.cleanup()
 
