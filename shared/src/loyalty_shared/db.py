@@ -123,6 +123,11 @@ class EmbeddedCluster:
     def url(self, database: str) -> str:
         return f"postgresql+asyncpg://postgres@/{database}?host={quote(self.socket_dir)}"
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid (the benchmarks count its CPU and its backends')."""
+        return self._server.get_pid()
+
     def stop(self) -> None:
         self._server.cleanup()
 
