@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from http import HTTPStatus
 from typing import Any
@@ -145,7 +146,17 @@ _COMMON_PROBLEMS = {
     401: "no API key, or one that is not known (`unauthorized`)",
     403: "the API key lacks the scope of this endpoint (`forbidden`)",
     422: "the request is not valid (`validation_error`)",
+    429: "this API key is over its rate limit; retry after `Retry-After` seconds (`rate_limited`)",
     503: "the database is unreachable; retry later (`service_unavailable`)",
+}
+# Headers a common problem carries, declared with it.
+_PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
+    429: {
+        "Retry-After": {
+            "description": "whole seconds to wait before the key may send again",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
 }
 _WRITE_PROBLEMS = {
     413: "the body is larger than 1 MiB (`payload_too_large`)",
@@ -179,7 +190,10 @@ def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
             if "{" in path:
                 wanted.update(_PATH_PROBLEMS)
             for status, description in wanted.items():
-                responses.setdefault(str(status), {"description": description})
+                response = responses.setdefault(str(status), {"description": description})
+                if status in _PROBLEM_HEADERS:
+                    # a copy each: a YAML dump would tie shared objects with anchors
+                    response.setdefault("headers", copy.deepcopy(_PROBLEM_HEADERS[status]))
             for status, response in responses.items():
                 if status[0] not in "45":
                     continue

@@ -27,6 +27,7 @@ from .jobs import Job, JobBusy, run_job, scheduler
 from .kafka import Handlers, IdempotentConsumer, OutboxRelay, ensure_topics, schedule_replay
 from .kafka.broker import port_open
 from .observability import RequestMetricsMiddleware, configure_logging, metrics_payload
+from .ratelimit import RateLimiter, RateLimitMiddleware
 from .settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -315,8 +316,12 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.runtime = runtime
     app.state.api_keys = ApiKeys(settings.api_keys)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     install_problem_handlers(app)
+    # The last added runs first: metrics, authentication, the rate limit (which needs the
+    # caller's key), then the write guard, so a refused request records and changes nothing.
     app.add_middleware(WriteGuardMiddleware, store_factory=lambda: IdempotencyStore(runtime.engine))
+    app.add_middleware(RateLimitMiddleware, limiter=lambda: app.state.rate_limiter)
     app.add_middleware(AuthenticationMiddleware, keys=lambda: app.state.api_keys)
     app.add_middleware(RequestMetricsMiddleware, service=definition.name)
     app.include_router(ops)

@@ -40,6 +40,10 @@ class PlatformSettings(BaseSettings):
     kafka_port: int = 9092
     kafka_bootstrap: str = ""
     api_keys: str = ""
+    # Requests per second and burst per API key and process (429 `rate_limited` beyond them);
+    # generous enough for the benchmarks (1000 coupon requests/s from one key). 0: no limit.
+    rate_limit_per_second: float = Field(default=2000.0, ge=0)
+    rate_limit_burst: int = Field(default=4000, ge=0)
     topic_partitions: int = 6
     topic_replication: int = 1  # a real cluster: 3 (the embedded broker has one node)
     outbox_retention_days: int = 7
