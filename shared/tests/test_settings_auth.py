@@ -101,3 +101,66 @@ def test_explicit_overrides_win_over_the_environment(monkeypatch):
 
     settings = ServiceSettings.for_service("points", database_url="postgresql://other@db/x")
     assert settings.database_url == "postgresql://other@db/x"
+
+
+SECRET = "s3cr3t-key-0123456789"
+
+
+def test_api_keys_hold_no_key_in_plaintext():
+    keys = ApiKeys(f"{SECRET}=members:read;other-key=admin")
+
+    dumped = repr(keys) + repr(vars(keys)) + str(keys)
+    assert SECRET not in dumped and "other-key" not in dumped
+    for stored in keys._keys:
+        assert SECRET not in repr(vars(stored)) and SECRET.encode() not in stored.digest
+    assert keys.authenticate(f"Bearer {SECRET}") == Principal(
+        key_id=key_id(SECRET), scopes=frozenset({"members:read"})
+    )
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "s3cr3t-key-012345678X",  # same length, last character wrong
+        "X3cr3t-key-0123456789",  # same length, first character wrong
+        "s3cr3t-key-",  # a prefix
+        f"{SECRET}0",  # the key and more
+        SECRET.upper(),
+    ],
+)
+def test_a_near_miss_is_not_the_key(presented):
+    keys = ApiKeys(f"{SECRET}=members:read")
+
+    with pytest.raises(ProblemError) as caught:
+        keys.authenticate(f"Bearer {presented}")
+    assert caught.value.status == 401 and caught.value.code == "unauthorized"
+
+
+def test_every_stored_key_is_compared_whichever_matches(monkeypatch):
+    import hmac
+
+    from loyalty_shared import auth
+
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append(a)
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    keys = ApiKeys("first=admin;second=members:read;third=events:write")
+    assert keys.authenticate("Bearer first").scopes == frozenset({"admin"})
+    assert len(compared) == 3  # no early exit on the first key's match
+    compared.clear()
+    with pytest.raises(ProblemError):
+        keys.authenticate("Bearer fourth")
+    assert len(compared) == 3
+
+
+def test_a_key_may_have_no_scope_at_all():
+    assert parse_api_keys("noscope=;k=admin") == {
+        "noscope": frozenset(),
+        "k": frozenset({"admin"}),
+    }
+    assert ApiKeys("noscope=").authenticate("Bearer noscope").scopes == frozenset()

@@ -42,9 +42,29 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class _StoredKey:
+    digest: bytes  # SHA-256 of the key: the key itself is not kept
+    principal: Principal
+
+
 class ApiKeys:
+    """The configured keys, held only as SHA-256 digests (a dump of this object, a traceback's
+    locals or a heap read shows no key). A presented key is hashed and compared with every
+    stored digest in constant time, without stopping at a match, so the time taken says
+    neither whether nor which key matched."""
+
     def __init__(self, spec: str) -> None:
-        self._keys = parse_api_keys(spec)
+        self._keys = tuple(
+            _StoredKey(
+                digest=hashlib.sha256(key.encode()).digest(),
+                principal=Principal(key_id=key_id(key), scopes=scopes),
+            )
+            for key, scopes in parse_api_keys(spec).items()
+        )
+
+    def __repr__(self) -> str:
+        return f"ApiKeys({len(self._keys)} keys)"
 
     def authenticate(self, authorization: str | None) -> Principal:
         scheme, _, token = (authorization or "").partition(" ")
@@ -52,11 +72,14 @@ class ApiKeys:
             raise ProblemError(
                 401, "unauthorized", "an API key is required (Authorization: Bearer <key>)"
             )
-        token = token.strip()
-        for key, scopes in self._keys.items():
-            if hmac.compare_digest(key.encode(), token.encode()):
-                return Principal(key_id=key_id(key), scopes=scopes)
-        raise ProblemError(401, "unauthorized", "the API key is not known")
+        presented = hashlib.sha256(token.strip().encode()).digest()
+        found: Principal | None = None
+        for stored in self._keys:  # no early exit: every digest is compared
+            if hmac.compare_digest(stored.digest, presented):
+                found = stored.principal
+        if found is None:
+            raise ProblemError(401, "unauthorized", "the API key is not known")
+        return found
 
 
 def require_scope(scope: str | None) -> Callable[..., Coroutine[Any, Any, Principal]]:
