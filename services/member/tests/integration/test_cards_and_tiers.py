@@ -18,7 +18,7 @@ import orjson
 import pytest_asyncio
 from loyalty_member.domain.members import luhn_check_digit
 from loyalty_member.entrypoints.events import handlers as member_handlers
-from loyalty_member.service_layer.tiers import upgrade_after_paid_order
+from loyalty_member.service_layer.tiers import load_ladder, upgrade_after_paid_order
 from loyalty_shared.clock import FixedClock
 from loyalty_shared.events import make_event
 from loyalty_shared.events.points import LedgerPortion, PointsCredited, PointsReversed
@@ -111,8 +111,17 @@ async def paid_order(
 
 async def evaluate(service: RunningService, member_id: str, order_id: str, at: datetime):
     async with service.runtime.transaction() as conn:
+        current = await conn.scalar(
+            text("SELECT tier FROM members WHERE member_id = :m FOR UPDATE"), {"m": member_id}
+        )
         return await upgrade_after_paid_order(
-            service.runtime, conn, member_id=member_id, order_id=order_id, occurred_at=at
+            conn,
+            member_id=member_id,
+            current=current,
+            order_id=order_id,
+            occurred_at=at,
+            now=service.runtime.clock.now(),
+            ladder=await load_ladder(conn),
         )
 
 

@@ -464,7 +464,7 @@ async def test_order_paid_carries_the_tier_held_before_the_order(client, member,
     await execute(member, "UPDATE members SET tier = 'silver' WHERE member_id = :m", m=member_id)
     calls = []
 
-    async def lift_to_gold(runtime, conn, *, member_id, order_id, occurred_at):
+    async def lift_to_gold(conn, *, member_id, order_id, occurred_at, **_):
         calls.append((member_id, order_id, occurred_at))
         await conn.execute(
             text("UPDATE members SET tier = 'gold' WHERE member_id = :m"), {"m": member_id}

@@ -153,6 +153,11 @@ class TierLadder:
         rank = self.rank(code)
         return None if rank is None else self.tiers[rank]
 
+    def points_multiplier_of(self, code: str) -> float | None:
+        """The purchase points multiplier of a tier (None: not on this ladder)."""
+        found = self.tier(code)
+        return found.points_multiplier if found else None
+
     def qualified(self, value: int) -> Tier:
         """The highest tier whose threshold `value` reaches (exactly at the threshold counts)."""
         best = self.tiers[0]

@@ -154,7 +154,7 @@ async def place_order(runtime: Runtime, cmd: PlaceOrder) -> tuple[dict[str, Any]
                 raise _AlreadyRecorded
             order = dict(inserted._mapping)
             if paid:
-                await _order_paid(runtime, conn, order)
+                await _order_paid(conn, order, member, now=now)
             else:
                 await emit(
                     conn,
@@ -209,7 +209,7 @@ async def change_order_status(
         ).one()
         order = dict(updated._mapping)
         if cmd.status == rules.PAID:
-            await _order_paid(runtime, conn, order)
+            await _order_paid(conn, order, member, now=now)
         elif cmd.status == rules.SHIPPED:
             data = OrderShipped(
                 **_identity(order, occurred_at), carrier=cmd.carrier, tracking_no=cmd.tracking_no
@@ -349,12 +349,20 @@ async def list_member_orders(
 # ---------------------------------------------------------------------------------------------
 
 
-async def _order_paid(runtime: Runtime, conn: AsyncConnection, order: dict[str, Any]) -> None:
-    """Emit `order.paid` for an order just marked paid (its member row locked by the caller),
-    then let tiers and referrals react in the same transaction."""
+async def _order_paid(
+    conn: AsyncConnection,
+    order: dict[str, Any],
+    member: dict[str, Any] | None,
+    *,
+    now: datetime,
+) -> None:
+    """Emit `order.paid` for an order just marked paid (its member row locked by the caller,
+    `member` as `_lock_member` read it), then let tiers and referrals react in the same
+    transaction."""
     member_id = order["member_id"]
     paid_at = order["paid_at"]
     paid_order_count = None
+    ladder = await tiers.load_ladder(conn) if order["member_tier"] else None
     if member_id is not None:
         # every order of the member that was ever paid, this one included: a later
         # cancellation does not make the next order a "first order" again
@@ -367,21 +375,27 @@ async def _order_paid(runtime: Runtime, conn: AsyncConnection, order: dict[str, 
         **{**_amounts(order), "occurred_at": paid_at},
         member_tier=order["member_tier"],
         member_tier_multiplier=(
-            await tiers.points_multiplier_of(conn, order["member_tier"])
-            if order["member_tier"]
-            else None
+            ladder.points_multiplier_of(order["member_tier"]) if ladder is not None else None
         ),
         paid_order_count=paid_order_count,
     )
     await emit(conn, "order.paid", data, **_routing(order), time=paid_at)
-    if member_id is None:
+    if member_id is None or member is None:
         return
+    assert ladder is not None  # a member's paid order records the member's tier
     await tiers.upgrade_after_paid_order(
-        runtime, conn, member_id=member_id, order_id=order["order_id"], occurred_at=paid_at
+        conn,
+        member_id=member_id,
+        current=member["tier"],
+        order_id=order["order_id"],
+        occurred_at=paid_at,
+        now=now,
+        ladder=ladder,
     )
-    await referrals.qualify_referral(
-        conn, member_id=member_id, order_id=order["order_id"], occurred_at=paid_at
-    )
+    if member["referral_open"]:
+        await referrals.qualify_referral(
+            conn, member_id=member_id, order_id=order["order_id"], occurred_at=paid_at
+        )
 
 
 async def _resolve_member(
@@ -416,7 +430,11 @@ async def _resolve_member(
             if member is None:
                 raise
             return member
-        return {"member_id": enrolled["member_id"], "tier": enrolled["tier"]}
+        return {
+            "member_id": enrolled["member_id"],
+            "tier": enrolled["tier"],
+            "referral_open": False,
+        }
     if cmd.card_no is not None:
         card_no = cmd.card_no.strip()
         holder = await cards.member_id_by_card_no(conn, card_no)  # sign-up or bound card
@@ -433,17 +451,28 @@ async def _lock_member(
     conn: AsyncConnection, where: Any, *, include_erased: bool = False
 ) -> dict[str, Any] | None:
     """The member `where` selects, locked for this transaction; None when there is none, or
-    when the member was erased (an erased member places no new orders) unless include_erased."""
+    when the member was erased (an erased member places no new orders) unless include_erased.
+    `referral_open`: someone referred the member and no paid order has qualified it yet."""
     row = (
         await conn.execute(
-            select(members.c.member_id, members.c.tier, members.c.erased_at)
+            select(
+                members.c.member_id,
+                members.c.tier,
+                members.c.erased_at,
+                members.c.referred_by,
+                members.c.referral_qualified_at,
+            )
             .where(where)
             .with_for_update()
         )
     ).first()
     if row is None or (row.erased_at is not None and not include_erased):
         return None
-    return {"member_id": row.member_id, "tier": row.tier}
+    return {
+        "member_id": row.member_id,
+        "tier": row.tier,
+        "referral_open": row.referred_by is not None and row.referral_qualified_at is None,
+    }
 
 
 async def _lock_order(conn: AsyncConnection, order_id: str) -> dict[str, Any]:

@@ -52,12 +52,6 @@ async def signup_tier(conn: AsyncConnection) -> str:
     return (await load_ladder(conn)).lowest.code
 
 
-async def points_multiplier_of(conn: AsyncConnection, tier: str) -> float | None:
-    """The purchase points multiplier of a tier on the current ladder (None: not on it)."""
-    found = (await load_ladder(conn)).tier(tier)
-    return found.points_multiplier if found else None
-
-
 async def ladder_view(runtime: Runtime) -> dict[str, Any]:
     async with runtime.engine.connect() as conn:
         row = (await conn.execute(select(tier_ladder).where(tier_ladder.c.id == 1))).first()
@@ -286,18 +280,19 @@ async def apply_tier_changes(
 
 
 async def upgrade_after_paid_order(
-    runtime: Runtime, conn: AsyncConnection, *, member_id: str, order_id: str, occurred_at: datetime
+    conn: AsyncConnection,
+    *,
+    member_id: str,
+    current: str,
+    order_id: str,
+    occurred_at: datetime,
+    now: datetime,
+    ladder: TierLadder,
 ) -> str | None:
-    """Re-evaluate a member's tier in the transaction that marked an order paid; upgrade at
+    """Re-evaluate a member's tier in the transaction that marked an order paid (the caller
+    locked the member row and read its `current` tier, and loaded the ladder); upgrade at
     once (emitting `member.tier_changed`) when the member now qualifies for a higher tier.
     Answers the new tier, or None when it did not change. Never downgrades."""
-    now = runtime.clock.now()
-    current = await conn.scalar(
-        select(members.c.tier).where(members.c.member_id == member_id).with_for_update()
-    )
-    if current is None:
-        return None
-    ladder = await load_ladder(conn)
     # The window as of the payment, and as of now: a backdated order counts with the orders
     # around it, and an order imported late still counts with everything paid since.
     moments = {occurred_at, max(now, occurred_at)}
