@@ -135,6 +135,7 @@ class IdempotentConsumer:
         max_retries: int = 3,
         after_commit: AfterCommit | None = None,
         retry_delay: float = 0.2,
+        fetch_max_wait_ms: int = 100,
     ) -> None:
         self.engine = engine
         self.bootstrap = bootstrap
@@ -146,6 +147,10 @@ class IdempotentConsumer:
         self.max_retries = max_retries
         self.after_commit = after_commit
         self.retry_delay = retry_delay
+        # How long a fetch may wait on the broker for records. Kafka answers a parked fetch as
+        # soon as records arrive; a broker that does not (the embedded one) answers after the
+        # full wait, which then lies on every event's path: keep it short.
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq_producer: Any = None
         self.connected = False
@@ -187,6 +192,7 @@ class IdempotentConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
