@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import key_id
@@ -121,6 +121,24 @@ class IdempotencyStore:
                 ),
                 {"p": principal, "k": key},
             )
+
+
+async def forget_answers_about(conn: AsyncConnection, subject: str) -> int:
+    """Delete the stored answers (for replays of an Idempotency-Key) to requests about
+    `subject`, an erased member's id (in the answer or in the request's path), in the
+    erasure's transaction: they are copies of what the member was (profile, identities,
+    feedback text) and would outlive the erasure otherwise. A retry of such a request after
+    the erasure is handled as a new one. Answers how many went. The search reads every stored
+    answer: erasures are rare, and ids are long enough not to turn up by chance."""
+    result = await conn.execute(
+        text(
+            "DELETE FROM idempotency_keys WHERE response_body IS NOT NULL "
+            "AND (position(convert_to(:subject, 'UTF8') in response_body) > 0 "
+            "OR position(:subject in path) > 0)"
+        ),
+        {"subject": subject},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 class WriteGuardMiddleware:

@@ -6,6 +6,7 @@ from typing import Any
 
 from loyalty_shared.errors import Conflict, NotFound, Unprocessable
 from loyalty_shared.events.members import MemberErased, MemberUpdated
+from loyalty_shared.idempotency import forget_answers_about
 from loyalty_shared.service import Runtime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -129,6 +130,7 @@ async def erase_member(runtime: Runtime, member_id: str, reason: str | None = No
         )
         await conn.execute(delete(identities).where(identities.c.member_id == member_id))
         await erase_feedback_text(conn, member_id)
+        await forget_answers_about(conn, member_id)  # stored replies to its Idempotency-Keys
         await emit(
             conn,
             "member.erased",
