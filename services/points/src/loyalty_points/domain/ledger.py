@@ -125,6 +125,9 @@ class Account:
     lifetime_earned: int = 0
     lifetime_redeemed: int = 0
     lots: dict[str, Lot] = field(default_factory=dict)
+    # False: `lots` holds only the lots made in this unit of work (loading every open lot
+    # costs a member with many; only taking points back needs them)
+    lots_loaded: bool = True
     new_lots: list[Lot] = field(default_factory=list)
     changed_lots: set[str] = field(default_factory=set)
     entries: list[Entry] = field(default_factory=list)
@@ -381,6 +384,7 @@ class Account:
     # --- bookkeeping --------------------------------------------------------------------
 
     def open_lots(self) -> list[Lot]:
+        assert self.lots_loaded, "the account was loaded without its lots"
         return sorted(
             (lot for lot in self.lots.values() if lot.state == "available" and lot.remaining > 0),
             key=_fifo_key,

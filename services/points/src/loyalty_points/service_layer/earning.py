@@ -24,6 +24,7 @@ from .ledger_events import publish_operations
 
 # Events that name a member whose ledger they change or whose profile they update.
 ORDER_TYPES = ("order.paid", "order.refunded", "order.cancelled")
+TAKING_BACK = ("order.refunded", "order.cancelled")
 MEMBER_TYPES = (
     "member.registered",
     "member.updated",
@@ -58,7 +59,11 @@ async def apply_in_memory(
     earnings = Earnings(rulebook, monotonic_ulid, now)
     batch = LedgerBatch(conn, now)
     relevant = [e for e in events if _member_of(e)]
-    await batch.load(_member_of(e) for e in relevant)  # type: ignore[misc]
+    # earning adds lots; only refunds and cancellations take points back from existing ones
+    await batch.load(
+        (_member_of(e) for e in relevant),  # type: ignore[misc]
+        lots_of=(_member_of(e) for e in relevant if e.type in TAKING_BACK),  # type: ignore[misc]
+    )
     await batch.load_orders(e.data.order_id for e in relevant if e.type in ORDER_TYPES)
     days = set()
     for e in relevant:
