@@ -184,7 +184,8 @@ class Runtime:
         return checks
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
