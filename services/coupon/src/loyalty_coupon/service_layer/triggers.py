@@ -125,6 +125,10 @@ async def redeem_named_coupons(
                 "at, rid) "
                 "WHERE c.coupon_code = x.code AND c.member_id = x.member_id "
                 "AND c.status = 'issued' AND c.valid_from <= x.at AND c.valid_until > x.at "
+                # An order redeems a coupon once: the same order.paid posted again under a new
+                # event id after the order's cancel released the coupon takes nothing back.
+                "AND NOT EXISTS (SELECT 1 FROM coupon_redemptions r "
+                "WHERE r.coupon_code = x.code AND r.order_id = x.order_id) "
                 "RETURNING c.*"
             ),
             {
