@@ -145,12 +145,14 @@ class OutboxRelay:
                 last_purge = 0.0
                 loop = asyncio.get_running_loop()
                 while True:
+                    # cleared before reading: a commit that lands during the batch wakes the
+                    # next round at once instead of being missed
+                    self._wakeup.clear()
                     sent = await self.publish_pending()
                     if loop.time() - last_purge > 600:
                         await self.purge()
                         last_purge = loop.time()
-                    if sent == 0:
-                        self._wakeup.clear()
+                    if sent < self.batch_size:  # caught up: wait for the next commit
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._wakeup.wait(), self.idle_interval * 20)
             finally:
