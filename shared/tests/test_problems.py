@@ -107,3 +107,41 @@ async def test_every_database_connection_busy_is_a_503_to_retry(client):
     assert response.status_code == 503
     assert response.json()["code"] == "service_unavailable"
     assert response.headers["retry-after"]
+
+
+async def test_a_database_out_of_connections_is_a_503_to_retry(pg_server_url):
+    """PostgreSQL refusing a connection for want of slots (SQLSTATE 53300, as under overload
+    when every service's pool is full) is unavailability, not a bug."""
+    from loyalty_shared.db import create_engine
+    from sqlalchemy import text
+
+    admin = create_engine(pg_server_url)
+    async with admin.begin() as conn:
+        await conn.execute(text("DROP ROLE IF EXISTS no_slots"))
+        await conn.execute(text("CREATE ROLE no_slots LOGIN CONNECTION LIMIT 0"))
+    await admin.dispose()
+    starved = create_engine(pg_server_url.replace("postgres@", "no_slots@", 1))
+    toy = APIRouter(prefix="/v1")
+
+    @toy.get("/starved")
+    async def starved_route() -> dict[str, str]:
+        async with starved.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return {}
+
+    definition = ServiceDefinition(
+        name="toy", title="Toy", migrations=Path("unused"), routers=[toy]
+    )
+    settings = ServiceSettings.for_service(
+        "toy", database_url="postgresql://unused/unused", api_keys=TEST_API_KEYS
+    )
+    app = create_app(definition, settings=settings, background=False)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as c:
+            response = await c.get("/v1/starved")
+    finally:
+        await starved.dispose()
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "service_unavailable"
+    assert response.headers["retry-after"]

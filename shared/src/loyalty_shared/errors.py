@@ -239,9 +239,10 @@ def _outage(exc: Exception) -> bool:
         if exc.connection_invalidated:
             return True
         sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        # connection exception, operator intervention, and a deadlock or serialization failure
-        # with concurrent work: all pass if the client tries again
-        return sqlstate.startswith(("08", "57P", "40P01", "40001"))
+        # connection exception, insufficient resources (too many connections, out of memory
+        # or disk), operator intervention, and a deadlock or serialization failure with
+        # concurrent work: all pass if the client tries again
+        return sqlstate.startswith(("08", "53", "57P", "40P01", "40001"))
     return False
 
 
