@@ -6,6 +6,8 @@ from datetime import date
 from typing import Annotated, Any, Literal, Self
 
 from fastapi import APIRouter, Path, Query
+from loyalty_shared import api_types
+from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -22,7 +24,7 @@ Cursor = Annotated[str | None, Query(max_length=200)]
 _BIG = 10**12
 
 
-class TemplateCreate(BaseModel):
+class TemplateCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     code: str = Field(pattern=CODE, description="your own code, e.g. NEW-20OFF")
@@ -40,8 +42,10 @@ class TemplateCreate(BaseModel):
         description="the coupon applies only to lines in these categories (empty: whole cart)",
     )
     valid_days: int | None = Field(default=None, le=3650, description="valid N days from issue")
-    starts_at: AwareDatetime | None = Field(default=None, description="fixed window start")
-    ends_at: AwareDatetime | None = Field(default=None, description="fixed window end")
+    starts_at: api_types.AwareDatetime | None = Field(
+        default=None, description="fixed window start"
+    )
+    ends_at: api_types.AwareDatetime | None = Field(default=None, description="fixed window end")
     per_member_limit: int = Field(default=1, le=10**6)
     stock: int | None = Field(default=None, le=_BIG, description="coupons to issue at most")
     points_cost: int | None = Field(
@@ -54,7 +58,8 @@ class TemplateCreate(BaseModel):
 
 
 class TemplatePublic(TemplateCreate):
-    model_config = ConfigDict(extra="ignore")
+    # A response: rows as stored, validated as before (the strictness is for request bodies).
+    model_config = ConfigDict(extra="ignore", strict=False)
 
     issued_count: int
     stock_left: int | None
@@ -99,7 +104,7 @@ async def get_template(code: CodePath, runtime: RuntimeDep) -> dict[str, Any]:
     return await catalog.get_template(runtime, code)
 
 
-class CampaignCreate(BaseModel):
+class CampaignCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     code: str = Field(pattern=CODE)
@@ -111,8 +116,8 @@ class CampaignCreate(BaseModel):
             "{segment_code} | tier_changed {tier} | birthday | checkin_streak {days} | manual"
         )
     )
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime | None = None
+    starts_at: api_types.AwareDatetime | None = None
+    ends_at: api_types.AwareDatetime | None = None
     budget: int | None = Field(default=None, ge=1, le=_BIG, description="most coupons to issue")
     holdout_percent: float = Field(
         default=0, ge=0, le=100, description="share of members kept as a control group"
@@ -147,7 +152,7 @@ class CampaignPage(BaseModel):
     next_cursor: str | None
 
 
-class CampaignChange(BaseModel):
+class CampaignChange(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["active", "paused"]
@@ -199,7 +204,7 @@ async def patch_campaign(
     return await catalog.set_campaign_status(runtime, code, body.status)
 
 
-class BulkIssue(BaseModel):
+class BulkIssue(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     member_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(

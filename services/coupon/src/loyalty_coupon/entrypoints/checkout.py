@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query
+from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Principal, Scope, require_scope
 from loyalty_shared.service import RuntimeDep
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -76,7 +77,7 @@ async def get_coupon(
     return await wallet.get_coupon(runtime, coupon_code)
 
 
-class Line(BaseModel):
+class Line(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     sku: str = Field(min_length=1, max_length=64)
@@ -92,7 +93,7 @@ def _cart(total_minor: int, lines: list[Line] | None) -> Cart:
     )
 
 
-class ValidationRequest(BaseModel):
+class ValidationRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     member_id: str = Field(min_length=1, max_length=64)
@@ -140,7 +141,7 @@ async def post_validation(body: ValidationRequest, runtime: RuntimeDep) -> dict[
     return {"items": items}
 
 
-class RedemptionRequest(BaseModel):
+class RedemptionRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     coupon_code: str = Field(min_length=1, max_length=32)
@@ -188,7 +189,7 @@ async def post_redemption(body: RedemptionRequest, runtime: RuntimeDep) -> dict[
     )
 
 
-class ExchangeRequest(BaseModel):
+class ExchangeRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     template_code: str = Field(min_length=1, max_length=64)

@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from loyalty_shared.api_types import AwareDatetime, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..domain.business_time import (
     BusinessTimeInFuture,
@@ -24,7 +25,7 @@ router = APIRouter(prefix="/v1", tags=["cards"])
 MAX_PRICE_MINOR = 10**12
 
 
-class _Body(BaseModel):
+class _Body(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     @field_validator("*")

@@ -6,16 +6,17 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
+from loyalty_shared.api_types import AwareDatetime, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..service_layer.checkins import CheckIn, check_in, invalid, list_checkins
 
 router = APIRouter(prefix="/v1", tags=["checkins"])
 
 
-class CheckInCreate(BaseModel):
+class CheckInCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     occurred_at: AwareDatetime | None = Field(

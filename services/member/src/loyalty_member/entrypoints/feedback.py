@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from fastapi import APIRouter, Query
+from loyalty_shared.api_types import AwareDatetime, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..service_layer.feedback import (
     AnswerSurvey,
@@ -36,7 +37,7 @@ _BUSINESS_TIME = (
 )
 
 
-class _Request(BaseModel):
+class _Request(RequestModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     @field_validator("*")

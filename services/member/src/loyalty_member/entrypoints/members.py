@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Query, Response
+from loyalty_shared.api_types import Date, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.errors import NotFound, Unprocessable
 from loyalty_shared.service import RuntimeDep
@@ -27,10 +28,10 @@ CONSENT_CHANNELS = {"email", "sms", "wechat", "push"}
 _TIMEZONES = available_timezones()
 
 
-class MemberBase(BaseModel):
+class MemberBase(RequestModel):
     email: EmailStr | None = None
     name: str | None = Field(default=None, max_length=200)
-    birthday: date | None = None
+    birthday: Date | None = None
     locale: str = Field(default="zh-CN", pattern=r"^(zh-CN|en)$")
     timezone: str = "Asia/Shanghai"
 
@@ -108,7 +109,7 @@ class MemberList(BaseModel):
     next_cursor: str | None = None
 
 
-class IdentityCreate(BaseModel):
+class IdentityCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["wechat_openid", "push_token"]

@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
+from loyalty_shared.api_types import AwareDatetime, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -48,7 +48,7 @@ Code64 = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_n
 Note = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
 
 
-class OrderLineIn(BaseModel):
+class OrderLineIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     sku: Code64
@@ -57,7 +57,7 @@ class OrderLineIn(BaseModel):
     unit_price_minor: Amount
 
 
-class OrderCreate(BaseModel):
+class OrderCreate(RequestModel):
     """An order as a POS terminal or shop posts it. The buyer is named by `member_id`, else
     `phone`, else `card_no` (the first one given decides); none of them: a guest order."""
 
@@ -97,7 +97,7 @@ class OrderCreate(BaseModel):
         return value
 
 
-class OrderStatusChange(BaseModel):
+class OrderStatusChange(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["paid", "shipped", "delivered", "cancelled"]
@@ -121,7 +121,7 @@ class OrderStatusChange(BaseModel):
         return value
 
 
-class RefundCreate(BaseModel):
+class RefundCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     external_id: ExternalId = Field(description="the refund's id in the POS or shop")

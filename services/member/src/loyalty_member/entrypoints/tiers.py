@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter
+from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.errors import NotFound
 from loyalty_shared.service import RuntimeDep
@@ -19,14 +20,14 @@ router = APIRouter(prefix="/v1", tags=["tiers"])
 Metric = Literal["spend_365d", "lifetime_points", "order_count_365d"]
 
 
-class TierBenefitsIn(BaseModel):
+class TierBenefitsIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     discount_percent: int = Field(default=0, ge=0, le=100, description="member discount, % off")
     free_shipping: bool = False
 
 
-class TierIn(BaseModel):
+class TierIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     code: str = Field(min_length=1, max_length=64, description="lowercase a-z 0-9 - _, ≤ 32")
@@ -40,7 +41,7 @@ class TierIn(BaseModel):
     )
 
 
-class LadderUpdate(BaseModel):
+class LadderUpdate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: Metric = Field(

@@ -7,6 +7,7 @@ from typing import Annotated
 from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Path
+from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,13 +20,13 @@ _TIMEZONES = available_timezones()
 MemberPath = Annotated[str, Path(max_length=64)]
 
 
-class ChannelPreference(BaseModel):
+class ChannelPreference(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     marketing: bool
 
 
-class QuietHoursIn(BaseModel):
+class QuietHoursIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["22:00"])
@@ -38,7 +39,7 @@ class QuietHoursIn(BaseModel):
         return self
 
 
-class PreferencesUpdate(BaseModel):
+class PreferencesUpdate(RequestModel):
     """Only the fields sent change; channels merge one by one; `quiet_hours: null` turns
     quiet hours off."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
+from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.errors import Unprocessable
 from loyalty_shared.service import RuntimeDep
@@ -21,7 +22,7 @@ ChannelPath = Annotated[str, Path(max_length=16, description="email, sms, wechat
 LocalePath = Annotated[str, Path(max_length=16, description="zh-CN or en")]
 
 
-class TemplateUpdate(BaseModel):
+class TemplateUpdate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     subject: str | None = Field(default=None, max_length=MAX_SUBJECT)

@@ -6,6 +6,7 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
+from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Principal, Scope, require_scope
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -115,7 +116,7 @@ async def get_ledger(
     return LedgerPage(items=items, next_cursor=next_cursor)
 
 
-class AdjustmentCreate(BaseModel):
+class AdjustmentCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     points: int = Field(description="signed: a grant (> 0) or a deduction (< 0)")

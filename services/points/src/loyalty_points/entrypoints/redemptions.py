@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path
+from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import require_scope
 from loyalty_shared.errors import ProblemError
 from loyalty_shared.service import RuntimeDep
@@ -28,7 +29,7 @@ async def checkout_or_points_writer(request: Request) -> None:
     raise ProblemError(403, "forbidden", "this API key lacks 'events:write' or 'points:write'")
 
 
-class RedemptionCreate(BaseModel):
+class RedemptionCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     member_id: str = Field(min_length=1, max_length=32)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
+from loyalty_shared.api_types import AwareDatetime, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..service_layer.rules import change_rule, list_rules, simulate
 
@@ -26,14 +27,14 @@ class RuleList(BaseModel):
     next_cursor: str | None = None
 
 
-class RuleChange(BaseModel):
+class RuleChange(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool | None = None
     params: dict[str, Any] | None = Field(default=None, description="the rule's whole parameters")
 
 
-class SimulatedEvent(BaseModel):
+class SimulatedEvent(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str = Field(max_length=100)
@@ -41,7 +42,7 @@ class SimulatedEvent(BaseModel):
     time: AwareDatetime | None = None
 
 
-class SimulationRequest(BaseModel):
+class SimulationRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     event: SimulatedEvent

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
+from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/v1/stored-value", tags=["stored value"])
 MemberId = Annotated[str, Path(max_length=32)]
 
 
-class TopUpCreate(BaseModel):
+class TopUpCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     external_id: str = Field(
@@ -40,7 +41,7 @@ class TopUpPublic(BaseModel):
     created_at: datetime
 
 
-class SpendCreate(BaseModel):
+class SpendCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     amount_minor: int = Field(gt=0, le=10**10)

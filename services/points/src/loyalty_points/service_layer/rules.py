@@ -41,8 +41,11 @@ async def change_rule(
         book = await load_rulebook(conn)
         current = book.rules[code]
         try:
+            # strict like the body they came in (loyalty_shared.api_types): `true` is no count
             new_params = (
-                PARAMS[code].model_validate(params) if params is not None else current.params
+                PARAMS[code].model_validate(params, strict=True)
+                if params is not None
+                else current.params
             )
         except ValidationError as exc:
             raise Unprocessable(

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
+from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +23,7 @@ RULE_DOC = (
 )
 
 
-class SegmentCreate(BaseModel):
+class SegmentCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     code: str = Field(pattern=CODE, description="stable id, e.g. winback-easy-high-spend")
@@ -31,7 +32,7 @@ class SegmentCreate(BaseModel):
     rule: Any = Field(description=RULE_DOC)
 
 
-class SegmentReplace(BaseModel):
+class SegmentReplace(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
@@ -56,7 +57,7 @@ class SegmentPage(BaseModel):
     next_cursor: str | None
 
 
-class PreviewRequest(BaseModel):
+class PreviewRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     rule: Any = Field(description=RULE_DOC)
