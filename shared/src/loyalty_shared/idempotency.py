@@ -8,7 +8,8 @@ caller's API key. A key whose first request is still running answers 409 `idempo
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import text
@@ -18,6 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import key_id
 from .errors import PROBLEM_MEDIA_TYPE, problem_body
+from .jobs import Job
+
+if TYPE_CHECKING:
+    from .service import Runtime
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32  # no request of the contract nests deeper than a handful of levels
@@ -139,6 +144,26 @@ async def forget_answers_about(conn: AsyncConnection, subject: str) -> int:
         {"subject": subject},
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def purge_idempotency_keys(runtime: Runtime, as_of: datetime) -> dict[str, Any]:
+    """The platform job every service runs: forget Idempotency-Keys older than the retention
+    (`LOYALTY_IDEMPOTENCY_RETENTION_HOURS`, 24 by default). A client retries within minutes;
+    after the retention the same key is a new request."""
+    cutoff = as_of - timedelta(hours=runtime.settings.idempotency_retention_hours)
+    async with runtime.transaction() as conn:
+        result = await conn.execute(
+            text("DELETE FROM idempotency_keys WHERE created_at < :cutoff"), {"cutoff": cutoff}
+        )
+    return {"keys_purged": int(getattr(result, "rowcount", 0) or 0), "cutoff": cutoff.isoformat()}
+
+
+PURGE_IDEMPOTENCY_KEYS = Job(
+    "purge-idempotency-keys",
+    purge_idempotency_keys,
+    every=timedelta(hours=1),
+    description="forget Idempotency-Keys (and their stored answers) older than the retention",
+)
 
 
 class WriteGuardMiddleware:

@@ -22,7 +22,7 @@ from .auth import ApiKeys, AuthenticationMiddleware, Scope
 from .clock import Clock, SystemClock
 from .db import create_engine, resolve_database_url, run_migrations
 from .errors import Conflict, NotFound, document_problems, install_problem_handlers
-from .idempotency import IdempotencyStore, WriteGuardMiddleware
+from .idempotency import PURGE_IDEMPOTENCY_KEYS, IdempotencyStore, WriteGuardMiddleware
 from .jobs import Job, JobBusy, run_job, scheduler
 from .kafka import Handlers, IdempotentConsumer, OutboxRelay, ensure_topics, schedule_replay
 from .kafka.broker import port_open
@@ -62,7 +62,7 @@ class Runtime:
         self.name = definition.name
         self.settings = settings
         self.clock = clock
-        self.jobs = definition.jobs
+        self.jobs = [*definition.jobs, PURGE_IDEMPOTENCY_KEYS]  # the platform's own last
         self._engine: AsyncEngine | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: IdempotentConsumer | None = None

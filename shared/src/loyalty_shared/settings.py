@@ -47,6 +47,7 @@ class PlatformSettings(BaseSettings):
     topic_partitions: int = 6
     topic_replication: int = 1  # a real cluster: 3 (the embedded broker has one node)
     outbox_retention_days: int = 7
+    idempotency_retention_hours: int = Field(default=24, ge=1)
     outbox_batch_size: int = 500
     consumer_batch_size: int = 1000
     consumer_max_retries: int = 3

@@ -502,6 +502,39 @@ async def test_the_same_key_with_another_body_is_422_idempotency_key_reused(clie
     assert again.json() == first.json()
 
 
+async def test_idempotency_keys_are_forgotten_after_the_retention(client, member):
+    """The platform job `purge-idempotency-keys` (every service, hourly) forgets keys older than
+    LOYALTY_IDEMPOTENCY_RETENTION_HOURS (24): then the same key is a new request."""
+    old_phone, fresh_phone = new_phone(), new_phone()
+    old_key = {"Idempotency-Key": "retention-old-" + old_phone}
+    fresh_key = {"Idempotency-Key": "retention-fresh-" + fresh_phone}
+    assert (await client.post("/v1/members", json={"phone": old_phone}, headers=old_key)).is_success
+    assert (
+        await client.post("/v1/members", json={"phone": fresh_phone}, headers=fresh_key)
+    ).is_success
+    async with member.runtime.transaction() as conn:
+        await conn.execute(
+            text(
+                "UPDATE idempotency_keys SET created_at = created_at - interval '25 hours' "
+                "WHERE key = :k"
+            ),
+            {"k": old_key["Idempotency-Key"]},
+        )
+    jobs = (await client.get("/v1/admin/jobs")).json()["items"]
+    assert "purge-idempotency-keys" in [j["job"] for j in jobs]
+    run = await client.post("/v1/admin/jobs/purge-idempotency-keys/run", json={})
+    assert run.status_code == 200, run.text
+    assert run.json()["counts"]["keys_purged"] >= 1
+
+    # the old key is forgotten: another body under it is a request of its own
+    other = new_phone()
+    reused = await client.post("/v1/members", json={"phone": other}, headers=old_key)
+    assert reused.status_code == 201, reused.text
+    # the fresh key still guards its request
+    clash = await client.post("/v1/members", json={"phone": new_phone()}, headers=fresh_key)
+    assert_problem(clash, 422, "idempotency_key_reused")
+
+
 async def test_an_idempotency_key_belongs_to_one_api_key(client, member):
     key = {"Idempotency-Key": "shared-" + new_phone()}
     phone_a, phone_b = new_phone(), new_phone()
