@@ -163,6 +163,15 @@ class Runtime:
         if self.relay is not None:
             self.relay.wake()
 
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads only, in autocommit: no BEGIN and ROLLBACK round trips. At
+        READ COMMITTED a transaction gives reads nothing (each statement sees its own
+        snapshot either way); a write here would commit at once, so write in `transaction()`."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
     def job(self, name: str) -> Job:
         for job in self.jobs:
             if job.name == name:

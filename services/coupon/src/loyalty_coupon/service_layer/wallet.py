@@ -105,7 +105,7 @@ async def wallet(
     query = query.order_by(coupons.c.issued_at.desc(), coupons.c.coupon_code.desc()).limit(
         limit + 1
     )
-    async with runtime.engine.connect() as conn:
+    async with runtime.reading() as conn:
         rows = (await conn.execute(query)).all()
     more = len(rows) > limit
     rows = rows[:limit]
@@ -114,7 +114,7 @@ async def wallet(
 
 
 async def get_coupon(runtime: Runtime, code: str) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
+    async with runtime.reading() as conn:
         row = (
             await conn.execute(
                 select(*_COLUMNS).select_from(_WITH_TEMPLATE).where(coupons.c.coupon_code == code)
@@ -148,7 +148,7 @@ async def validate(
     runtime: Runtime, member_id: str, cart: Cart, coupon_codes: list[str]
 ) -> list[dict[str, Any]]:
     now = runtime.clock.now()
-    async with runtime.engine.connect() as conn:
+    async with runtime.reading() as conn:
         found = await _load(conn, coupon_codes)
     items = []
     for code in coupon_codes:

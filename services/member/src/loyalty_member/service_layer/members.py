@@ -47,12 +47,12 @@ async def find_members(
     if phone is not None:
         query = query.where(members.c.phone == _phone(phone))
     elif card_no is not None:
-        async with runtime.engine.connect() as conn:
+        async with runtime.reading() as conn:
             holder = await member_id_by_card_no(conn, card_no.strip())  # sign-up or bound card
         query = query.where(members.c.member_id == holder)
     elif email is not None:
         query = query.where(func.lower(members.c.email) == email.strip().lower())
-    async with runtime.engine.connect() as conn:
+    async with runtime.reading() as conn:
         rows = await conn.execute(query.order_by(members.c.member_id).limit(limit))
         return [dict(r._mapping) for r in rows]
 

@@ -114,7 +114,7 @@ async def register_member_in(
 
 
 async def get_member(runtime: Runtime, member_id: str) -> dict[str, Any] | None:
-    async with runtime.engine.connect() as conn:
+    async with runtime.reading() as conn:
         row = (await conn.execute(select(members).where(members.c.member_id == member_id))).first()
     return dict(row._mapping) if row else None
 

@@ -25,7 +25,7 @@ from .ledger_events import publish_operations
 
 async def account_view(runtime: Runtime, member_id: str) -> dict[str, Any]:
     now = runtime.clock.now()
-    async with runtime.engine.connect() as conn:
+    async with runtime.reading() as conn:
         account = await read_account(conn, member_id)
         expiring = await read_expiring(conn, member_id, now) if account else []
     account = account or {
@@ -49,7 +49,7 @@ async def account_view(runtime: Runtime, member_id: str) -> dict[str, Any]:
 async def ledger_page(
     runtime: Runtime, member_id: str, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    async with runtime.engine.connect() as conn:
+    async with runtime.reading() as conn:
         rows = await read_ledger(conn, member_id, limit + 1, cursor)
     more = len(rows) > limit
     rows = rows[:limit]
