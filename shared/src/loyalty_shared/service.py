@@ -14,10 +14,11 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .api_types import AwareDatetime, RequestModel
 from .auth import ApiKeys, AuthenticationMiddleware, Scope
 from .clock import Clock, SystemClock
 from .db import create_engine, resolve_database_url, run_migrations
@@ -234,7 +235,7 @@ async def metrics() -> Response:
 admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Scope("admin")])
 
 
-class JobRunRequest(BaseModel):
+class JobRunRequest(RequestModel):
     as_of: AwareDatetime | None = None
 
 
@@ -244,7 +245,7 @@ class JobRunResult(BaseModel):
     counts: dict[str, Any]
 
 
-class ReplayRequest(BaseModel):
+class ReplayRequest(RequestModel):
     since: AwareDatetime
 
 
