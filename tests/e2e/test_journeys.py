@@ -879,3 +879,57 @@ def test_7_points_expire_oldest_lot_first(api: Api, retailer: dict[str, Any]) ->
         600,
         50,
     )
+
+
+# --------------------------------------------------------------------------- personal data
+
+
+def every_record(bootstrap: str) -> list[tuple[str, bytes]]:
+    """(topic, key + value) of every record on every topic of the broker, read from the start
+    of each partition until the broker has nothing more for a while."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read() -> list[tuple[str, bytes]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in await consumer.topics()
+                for p in consumer.partitions_for_topic(topic) or ()
+            ]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            out: list[tuple[str, bytes]] = []
+            quiet_polls = 0
+            while quiet_polls < 5:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                got = [r for records in batches.values() for r in records]
+                quiet_polls = 0 if got else quiet_polls + 1
+                out += [(r.topic, (r.key or b"") + b" " + (r.value or b"")) for r in got]
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def test_8_no_personal_data_in_events_or_logs(platform: Platform, api: Api) -> None:
+    """No phone or email of the journeys appears in any event on any topic (dead-letter topics
+    included) nor in any line the platform logged: events name members by id, logs by ids."""
+    assert len(_phones) >= 5, "the journeys signed members up with these phones"
+    personal = {"mei@example.com"} | _phones | {"+86" + number for number in _phones}
+    records = every_record(f"127.0.0.1:{platform.kafka_port}")
+    topics = Counter(topic for topic, _ in records)
+    assert topics["loyalty.members"] >= 5 and topics["loyalty.orders"] >= 5, topics
+    leaks = sorted(
+        {(topic, value) for topic, raw in records for value in personal if value.encode() in raw}
+    )
+    assert not leaks, f"personal data in events: {leaks[:5]}"
+
+    log = "".join(platform.output)
+    assert log.count("\n") > 50, "the platform's log lines were captured"
+    logged = sorted(value for value in personal if value in log)
+    assert not logged, f"personal data in the logs: {logged}"
