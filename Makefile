@@ -16,6 +16,7 @@ help:
 	@echo "make docs     regenerate docs/asyncapi.yaml and docs/openapi/ from the code"
 	@echo "make migrate  run every service's database migrations"
 	@echo "make bench    the benchmark harness (bench/README.md); make bench-quick: small sizes"
+	@echo "make profile  py-spy profiles of the order intake and the points pipeline"
 	@echo "make chaos    the reliability suite at full size: replays, many SIGKILLs (tests/chaos/)"
 	@echo "make k8s-validate  render the kustomize overlays and validate them offline (deploy/)"
 	@echo "make demo     a year of a synthetic retailer replayed through the API; report in .run/"
@@ -66,6 +67,12 @@ bench: sync
 
 bench-quick: sync
 	$(UV) run --no-sync python bench/run.py --quick
+
+.PHONY: profile
+# Where the CPU goes on the hottest paths (bench/profile.py, py-spy): bench/results/profile-*.md
+profile: sync
+	LOYALTY_LOG_LEVEL=WARNING $(UV) run --no-sync python bench/profile.py orders
+	LOYALTY_LOG_LEVEL=WARNING $(UV) run --no-sync python bench/profile.py pipeline --count 20000
 
 .PHONY: screenshots
 # The console's browser test that visits the main pages, writing its PNGs where the README shows them.

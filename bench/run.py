@@ -262,6 +262,7 @@ async def points_pipeline(server_url: str, bootstrap: str, count: int) -> dict[s
         while processed_count() - before < count:
             if started is None and processed_count() > before:
                 started, cpu0 = time.perf_counter(), cpu_seconds()
+                print("the points service is consuming...", flush=True)  # profile.py's cue
             if time.monotonic() > deadline:
                 raise RuntimeError("the points service did not finish in 30 minutes")
             await asyncio.sleep(0.05)
