@@ -104,42 +104,26 @@ async def redeem_named_coupons(
     conn: AsyncConnection, events: list[Event[Any]], now: datetime
 ) -> None:
     """A shop that does not call `POST /v1/redemptions` still uses coupons: `order.paid` names
-    them. A coupon the member owns, unused and valid at the order's time, is redeemed by it."""
-    codes, members, orders, times = [], [], [], []
+    them. A coupon the member owns, unused and valid at the order's time, is redeemed by it.
+
+    As if the events came one by one: when several orders of the batch name one coupon, the
+    first that may redeem it does (one statement per round, a code at most once a round)."""
+    namings: list[tuple[str, str, str, datetime]] = []
     for e in events:
         for code in dict.fromkeys(e.data.coupon_codes):
             if e.data.member_id:
-                codes.append(code)
-                members.append(e.data.member_id)
-                orders.append(e.data.order_id)
-                times.append(e.data.occurred_at)
-    if not codes:
-        return
-    rows = (
-        await conn.execute(
-            text(
-                "UPDATE coupons c SET status = 'redeemed', order_id = x.order_id, "
-                "redeemed_at = x.at, redemption_id = x.rid "
-                "FROM unnest(CAST(:c AS text[]), CAST(:m AS text[]), CAST(:o AS text[]), "
-                "CAST(:t AS timestamptz[]), CAST(:r AS text[])) AS x(code, member_id, order_id, "
-                "at, rid) "
-                "WHERE c.coupon_code = x.code AND c.member_id = x.member_id "
-                "AND c.status = 'issued' AND c.valid_from <= x.at AND c.valid_until > x.at "
-                # An order redeems a coupon once: the same order.paid posted again under a new
-                # event id after the order's cancel released the coupon takes nothing back.
-                "AND NOT EXISTS (SELECT 1 FROM coupon_redemptions r "
-                "WHERE r.coupon_code = x.code AND r.order_id = x.order_id) "
-                "RETURNING c.*"
-            ),
-            {
-                "c": codes,
-                "m": members,
-                "o": orders,
-                "t": times,
-                "r": [monotonic_ulid() for _ in codes],
-            },
-        )
-    ).all()
+                namings.append((code, e.data.member_id, e.data.order_id, e.data.occurred_at))
+    rows: list[Any] = []
+    while namings:
+        this_round: dict[str, tuple[str, str, str, datetime]] = {}
+        later = []
+        for naming in namings:
+            if naming[0] in this_round:
+                later.append(naming)
+            else:
+                this_round[naming[0]] = naming
+        rows += await _redeem(conn, list(this_round.values()))
+        namings = later
     if not rows:
         return
     await insert_many(
@@ -171,6 +155,40 @@ async def redeem_named_coupons(
             )
             for r in rows
         ],
+    )
+
+
+async def _redeem(
+    conn: AsyncConnection, namings: list[tuple[str, str, str, datetime]]
+) -> list[Any]:
+    """Redeem coupons for (code, member, order, order time), each code named once."""
+    codes, members, orders, times = (list(column) for column in zip(*namings, strict=True))
+    return list(
+        (
+            await conn.execute(
+                text(
+                    "UPDATE coupons c SET status = 'redeemed', order_id = x.order_id, "
+                    "redeemed_at = x.at, redemption_id = x.rid "
+                    "FROM unnest(CAST(:c AS text[]), CAST(:m AS text[]), CAST(:o AS text[]), "
+                    "CAST(:t AS timestamptz[]), CAST(:r AS text[])) AS x(code, member_id, "
+                    "order_id, at, rid) "
+                    "WHERE c.coupon_code = x.code AND c.member_id = x.member_id "
+                    "AND c.status = 'issued' AND c.valid_from <= x.at AND c.valid_until > x.at "
+                    # An order redeems a coupon once: the same order.paid posted again under a
+                    # new event id after the order's cancel released the coupon takes nothing.
+                    "AND NOT EXISTS (SELECT 1 FROM coupon_redemptions r "
+                    "WHERE r.coupon_code = x.code AND r.order_id = x.order_id) "
+                    "RETURNING c.*"
+                ),
+                {
+                    "c": codes,
+                    "m": members,
+                    "o": orders,
+                    "t": times,
+                    "r": [monotonic_ulid() for _ in codes],
+                },
+            )
+        ).all()
     )
 
 
