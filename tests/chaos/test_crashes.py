@@ -13,19 +13,13 @@ which is what each kill costs.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 import orjson
 import pytest
 from loyalty_shared.db import create_engine, to_asyncpg_dsn
@@ -34,11 +28,10 @@ from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
 from loyalty_shared.testing import DatabaseFactory, until
 
 from .oracle import expected_accounts
+from .processes import MODES, PointsProcess, applied_but_not_committed, wait_for_moment
 from .stream import (
-    CONSUMED,
     Publisher,
     check_points,
-    committed_offsets,
     consumed_everything,
     dead_letters,
     env_int,
@@ -51,7 +44,6 @@ from .stream import (
 MEMBERS = env_int("LOYALTY_CHAOS_CRASH_MEMBERS", 50)
 KILLS = env_int("LOYALTY_CHAOS_KILLS", 3)
 SEED = env_int("LOYALTY_CHAOS_SEED", 20)
-MODES = ("mid-batch", "relay", "after-db-commit", "random")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240 + 60 * KILLS)]
 
@@ -60,134 +52,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240 + 60 * KILLS)]
 def broker() -> Iterator[str]:
     with EmbeddedBroker(free_port()) as running:
         yield running.bootstrap
-
-
-class PointsProcess:
-    """`python -m loyalty_points serve` as `make run` starts it, with its own settings."""
-
-    def __init__(self, database_url: str, bootstrap: str, log_dir: Path) -> None:
-        self.port = free_port()
-        self.log_dir = log_dir
-        self.env = {
-            **os.environ,
-            "POINTS_DATABASE_URL": database_url,
-            "LOYALTY_KAFKA_BOOTSTRAP": bootstrap,
-            "LOYALTY_PORT_BASE": str(self.port - 2),  # points listens on base + 2
-            "LOYALTY_API_KEYS": "chaos-key=admin,members:read,points:write,events:write",
-            "LOYALTY_DATA_DIR": str(log_dir),
-            # small batches: many transactions to land in, many relay rounds
-            "LOYALTY_CONSUMER_BATCH_SIZE": "50",
-            "LOYALTY_OUTBOX_BATCH_SIZE": "20",
-            "LOYALTY_SCHEDULER_ENABLED": "false",
-            "LOYALTY_LOG_LEVEL": "WARNING",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / f"points-{self.starts}.log"
-
-    def start(self) -> None:
-        self.starts += 1
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "loyalty_points", "serve"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    async def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise AssertionError(
-                        f"points exited {self.process.returncode}:\n{self.log_tail()}"
-                    )
-                try:
-                    response = await client.get(f"http://127.0.0.1:{self.port}/healthz")
-                    if response.status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"points not healthy after {timeout}s:\n{self.log_tail()}")
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        assert self.process is not None
-        assert self.alive(), f"points died by itself:\n{self.log_tail()}"
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-_IN_CONSUMER_TRANSACTION = """
-    SELECT count(*) FROM pg_stat_activity
-    WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
-      AND state IN ('active', 'idle in transaction')
-      AND query NOT ILIKE '%outbox%' AND query NOT ILIKE '%advisory%'
-"""
-
-_OUTBOX_STATE = (
-    "SELECT count(*) FILTER (WHERE sent_at IS NULL), count(*) FILTER (WHERE sent_at IS NOT NULL) "
-    "FROM outbox"
-)
-
-
-async def wait_for_moment(db: asyncpg.Connection, mode: str, rng: random.Random) -> bool:
-    """Wait for the moment a kill of this mode aims at; False if it did not come in time."""
-    if mode == "random":
-        await asyncio.sleep(rng.uniform(0.0, 0.5))
-        return True
-    start = await db.fetchval("SELECT count(*) FROM processed_events")
-    sent_before = (await db.fetchrow(_OUTBOX_STATE))[1]
-    deadline = time.monotonic() + 45
-    while time.monotonic() < deadline:
-        if mode == "mid-batch":
-            if await db.fetchval(_IN_CONSUMER_TRANSACTION):
-                return True
-        elif mode == "after-db-commit":
-            if await db.fetchval("SELECT count(*) FROM processed_events") > start:
-                return True  # a batch just committed; its offset commit is on its way
-        elif mode == "relay":  # some rows went out since we started waiting, some wait
-            unsent, sent = await db.fetchrow(_OUTBOX_STATE)
-            if unsent and sent > sent_before:
-                return True
-        await asyncio.sleep(0)
-    return False
-
-
-async def applied_but_not_committed(db: asyncpg.Connection, bootstrap: str) -> int:
-    """Records past the group's committed offsets whose events the database already holds:
-    a crash between the database commit and the offset commit; they will come again."""
-    records = await read_all(bootstrap, CONSUMED, await committed_offsets(bootstrap))
-    if not records:
-        return 0
-    ids = [orjson.loads(r.value)["id"] for r in records]
-    return int(
-        await db.fetchval(
-            "SELECT count(*) FROM processed_events WHERE event_id = ANY($1::text[])", ids
-        )
-    )
 
 
 async def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
