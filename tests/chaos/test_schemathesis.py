@@ -39,6 +39,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
+from .stream import record_figures  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 SERVICES = ["member", "points", "coupon", "notifier", "segmenter"]
@@ -222,6 +224,15 @@ async def test_fuzz_service_api(name: str, databases: DatabaseFactory, kafka_boo
         print(
             f"\n{name}: {findings.cases} cases in {elapsed:.1f}s, "
             f"statuses {dict(sorted(findings.statuses.items()))}"
+        )
+        record_figures(
+            f"fuzz: schemathesis on the {name} service",
+            {
+                "cases": findings.cases,
+                "seconds": round(elapsed, 1),
+                "statuses": dict(sorted(findings.statuses.items())),
+                "distinct_failures": len(findings.first),
+            },
         )
         assert not findings.first, f"{name}: schemathesis found\n{findings.report()}"
     finally:
