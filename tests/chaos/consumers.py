@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime, time, timedelta
@@ -237,8 +238,7 @@ class MemberConsumer(Consumer):
         assert response.status_code == 200, response.text
         ctx = Context()
         for n, key in enumerate(stream.members):
-            phone = f"139{zlib_phone(key, n)}"
-            response = await client.post("/v1/members", json={"phone": phone})
+            response = await client.post("/v1/members", json={"phone": phone_of(key, n)})
             assert response.status_code == 201, response.text
             ctx.members[key] = response.json()["member_id"]
         return ctx
@@ -314,10 +314,9 @@ class MemberConsumer(Consumer):
         return problems
 
 
-def zlib_phone(key: str, n: int) -> str:
-    import zlib
-
-    return f"{(zlib.crc32(key.encode()) % 10**4):04d}{n % 10**4:04d}"
+def phone_of(key: str, n: int) -> str:
+    """A mainland mobile number of the stream's n-th member (unique up to 10000 members)."""
+    return f"139{zlib.crc32(key.encode()) % 10**4:04d}{n % 10**4:04d}"
 
 
 # ---------------------------------------------------------------------------------------------

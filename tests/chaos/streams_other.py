@@ -21,7 +21,7 @@ import dataclasses
 import random
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from aiokafka import TopicPartition
@@ -69,8 +69,10 @@ CHANNELS = ("email", "sms", "wechat", "push")
 class Item:
     """One event of a stream: its id, type, member (None for a guest order), business time and
     payload. `resendable`: the source may post the same fact again under a new event id, and
-    the consumer is meant to recognise it (an order paid twice counts once). `phase` 1 events
-    name what phase 0 made the service mint (coupon codes): they are published after it."""
+    the consumer is meant to recognise it (an order paid twice counts once). Phases are
+    published one after the other, each consumed before the next: a later phase may name what
+    an earlier one made the service mint (coupon codes), or change what must not race with
+    events of other topics (a member's preferences)."""
 
     event_id: str
     type: str
@@ -183,14 +185,6 @@ def points_event(
             **common, points=points, entries=_portion(ids, points)
         )
     raise ValueError(kind)
-
-
-_SIGN = {
-    "points.credited": 1,
-    "points.released": 0,
-    "points.debited": -1,
-    "points.expired": -1,
-}
 
 
 def with_balances(items: list[Item]) -> list[Item]:
@@ -882,7 +876,3 @@ async def consumed_everything(
     """The group has committed offsets at the end of every partition published to."""
     committed = await committed_offsets(bootstrap, group, topics)
     return all(committed.get(tp, 0) >= end for tp, end in ends.items())
-
-
-def day_of(at: datetime) -> date:
-    return at.astimezone(UTC).date()
