@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from loyalty_shared.kafka.broker import EmbeddedBroker, broker_binary, free_port, port_open
+from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
 from loyalty_shared.settings import ALL_SCOPES, SERVICE_PORT_OFFSETS
 
 from .stream import CONSUMED, GROUP, read_all
@@ -280,8 +280,9 @@ class GatedBroker(EmbeddedBroker):
     advertises the gate as its address."""
 
     def __init__(self) -> None:
-        super().__init__(free_port())
-        self.gate = CommitGate(self.port)
+        gate = CommitGate(free_port())
+        super().__init__(gate.upstream_port, advertised_port=gate.port)
+        self.gate = gate
 
     @property
     def bootstrap(self) -> str:
@@ -289,32 +290,8 @@ class GatedBroker(EmbeddedBroker):
 
     def start(self, timeout: float = 20.0) -> GatedBroker:
         self.gate.start()
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self.process = subprocess.Popen(
-            [
-                broker_binary(),
-                "broker",
-                "--listener-url",
-                f"tcp://127.0.0.1:{self.port}",
-                "--advertised-listener-url",
-                f"tcp://127.0.0.1:{self.gate.port}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the embedded broker exited with {self.process.returncode}")
-            if port_open("127.0.0.1", self.port):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the embedded broker did not listen on {self.port} in {timeout}s")
+        super().start(timeout)
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         super().stop(timeout)

@@ -38,9 +38,13 @@ def free_port() -> int:
 class EmbeddedBroker:
     """A tansu process on 127.0.0.1:<port>, started and stopped by its owner."""
 
-    def __init__(self, port: int, *, log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int, *, log_path: Path | None = None, advertised_port: int | None = None
+    ) -> None:
         self.port = port
         self.log_path = log_path
+        # the address clients are told to use (a proxy in front of the broker, say)
+        self.advertised_port = advertised_port or port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,6 +55,7 @@ class EmbeddedBroker:
         if port_open("127.0.0.1", self.port):
             raise RuntimeError(f"port {self.port} is already in use; set LOYALTY_KAFKA_PORT")
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.process = subprocess.Popen(
@@ -60,7 +65,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
