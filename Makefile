@@ -88,9 +88,9 @@ demo: sync
 clean:
 	rm -rf .run .pytest_cache .ruff_cache .mypy_cache
 
-# The reliability suite at full size (tests/chaos/README.md): the replays over a large stream and
-# many SIGKILLs of the points service; `make test` runs the same tests small. Each figure line is
-# also appended to CHAOS_FIGURES.
+# The reliability suite at full size (tests/chaos/README.md): the replays over large streams and
+# many SIGKILLs of every consumer service, fuzzing; `make test` runs the same tests small. Each
+# figure line is also appended to CHAOS_FIGURES (docs/reliability.md reports the latest run).
 .PHONY: chaos
 CHAOS_MEMBERS ?= 2000
 CHAOS_CRASH_MEMBERS ?= 400
