@@ -23,11 +23,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
 from loyalty_shared.settings import ALL_SCOPES, SERVICE_PORT_OFFSETS
 
-from .stream import CONSUMED, GROUP, read_all
+from .stream import CONSUMED, GROUP, committed_offsets, read_all
 
 MODES = ("mid-batch", "relay", "after-db-commit", "random")
 API_KEY = "chaos-key"
@@ -345,24 +344,3 @@ async def applied_but_not_committed(
             "SELECT count(*) FROM processed_events WHERE event_id = ANY($1::text[])", ids
         )
     )
-
-
-async def committed_offsets(
-    bootstrap: str, group: str, topics: Iterable[str]
-) -> dict[TopicPartition, int]:
-    """A group's committed offsets on some topics. (A consumer of the group that subscribes to
-    nothing never joins it: it only asks the coordinator.)"""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or set())
-        ]
-        offsets = {tp: await consumer.committed(tp) for tp in partitions}
-        return {tp: offset for tp, offset in offsets.items() if offset is not None}
-    finally:
-        await consumer.stop()

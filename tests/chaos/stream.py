@@ -363,7 +363,11 @@ class Publisher:
         topics = [MEMBERS, ORDERS, POINTS] + [dlq_topic(t, GROUP) for t in CONSUMED]
         await ensure_topics(self.bootstrap, topics, PARTITIONS)
 
-    async def publish(self, facts: Iterable[Fact]) -> int:
+    def encode(self, fact: Any) -> tuple[str, bytes, bytes]:
+        return to_event(fact)
+
+    async def publish(self, facts: Iterable[Any]) -> int:
+        """Publish facts (anything with an `event_id` that `encode` turns into a message)."""
         producer = make_producer(self.bootstrap)
         await producer.start()
         try:
@@ -371,7 +375,7 @@ class Publisher:
             for fact in facts:
                 message = self.encoded.get(fact.event_id)
                 if message is None:
-                    message = self.encoded[fact.event_id] = to_event(fact)
+                    message = self.encoded[fact.event_id] = self.encode(fact)
                 topic, key, value = message
                 futures.append(await producer.send(topic, value, key=key))
             for meta in await asyncio.gather(*futures):
@@ -417,8 +421,10 @@ async def read_all(
     return records
 
 
-async def committed_offsets(bootstrap: str, group: str = GROUP) -> dict[TopicPartition, int]:
-    """The group's committed offsets on the topics it reads. (A consumer of the group that
+async def committed_offsets(
+    bootstrap: str, group: str = GROUP, topics: Iterable[str] = CONSUMED
+) -> dict[TopicPartition, int]:
+    """A group's committed offsets on the topics it reads. (A consumer of the group that
     subscribes to nothing never joins it: it only asks the coordinator.)"""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
@@ -427,7 +433,7 @@ async def committed_offsets(bootstrap: str, group: str = GROUP) -> dict[TopicPar
     try:
         partitions = [
             TopicPartition(topic, p)
-            for topic in CONSUMED
+            for topic in topics
             for p in sorted(consumer.partitions_for_topic(topic) or set())
         ]
         offsets = {tp: await consumer.committed(tp) for tp in partitions}

@@ -16,7 +16,6 @@ day before `base`, so no stage, churn or window boundary falls in the hours a te
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 import zlib
@@ -52,10 +51,10 @@ from loyalty_shared.events.points import (
     PointsReversed,
 )
 from loyalty_shared.events.segments import MemberLifecycleChanged, SegmentEntered
-from loyalty_shared.kafka import ensure_topics, make_producer
+from loyalty_shared.kafka import ensure_topics
 
-from .processes import committed_offsets
-from .stream import Delivery, interleave
+from .stream import Delivery, committed_offsets, interleave
+from .stream import Publisher as FactPublisher
 
 DAY = timedelta(days=1)
 MARGIN = timedelta(hours=3)  # the least distance of a measured time from a whole day
@@ -819,19 +818,16 @@ def twice_with_duplicates(stream: Stream, seed: int, resend: bool = True) -> Del
 Rewrite = Callable[[Item], tuple[str | None, EventData]]
 
 
-class Publisher:
+class Publisher(FactPublisher):
     """Publishes items as CloudEvents keyed by member (a guest order by its order id), through a
     per-database rewrite of ids and codes; keeps the end offset of every partition it wrote to,
     from the broker's acknowledgements."""
 
     def __init__(self, bootstrap: str, rewrite: Rewrite | None = None) -> None:
-        self.bootstrap = bootstrap
+        super().__init__(bootstrap)
         self.rewrite = rewrite
-        self.encoded: dict[str, tuple[str, bytes, bytes]] = {}
-        self.sent = 0
-        self.ends: dict[TopicPartition, int] = {}
 
-    async def ensure_topics(self, topics: Iterable[str]) -> None:
+    async def ensure_topics(self, topics: Iterable[str]) -> None:  # type: ignore[override]
         await ensure_topics(self.bootstrap, list(topics), PARTITIONS)
 
     def encode(self, item: Item) -> tuple[str, bytes, bytes]:
@@ -849,25 +845,6 @@ class Publisher:
             event_id=item.event_id,
         )
         return event.topic, key.encode(), event.encode()
-
-    async def publish(self, items: Iterable[Item]) -> int:
-        producer = make_producer(self.bootstrap)
-        await producer.start()
-        try:
-            futures = []
-            for item in items:
-                message = self.encoded.get(item.event_id)
-                if message is None:
-                    message = self.encoded[item.event_id] = self.encode(item)
-                topic, key, value = message
-                futures.append(await producer.send(topic, value, key=key))
-            for meta in await asyncio.gather(*futures):
-                tp = TopicPartition(meta.topic, meta.partition)
-                self.ends[tp] = max(self.ends.get(tp, 0), meta.offset + 1)
-        finally:
-            await producer.stop()
-        self.sent += len(futures)
-        return len(futures)
 
 
 async def consumed_everything(
