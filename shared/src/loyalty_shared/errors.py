@@ -225,10 +225,21 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+# deadlock detected, serialization failure: a conflict with concurrent work that the same
+# work, run again, gets past
+TRANSIENT_SQLSTATES = ("40P01", "40001")
+
+
+def sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a database error ("" for anything else)."""
+    if not isinstance(exc, DBAPIError):
+        return ""
+    return str(getattr(exc.orig, "sqlstate", "") or "")
+
+
 def _refused_value(exc: Exception) -> bool:
     """The database refused a value (SQLSTATE class 22, data exception): the client's fault."""
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    return isinstance(exc, DBAPIError) and str(sqlstate or "").startswith("22")
+    return sqlstate(exc).startswith("22")
 
 
 def _outage(exc: Exception) -> bool:
@@ -238,11 +249,10 @@ def _outage(exc: Exception) -> bool:
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
-        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
         # connection exception, insufficient resources (too many connections, out of memory
         # or disk), operator intervention, and a deadlock or serialization failure with
         # concurrent work: all pass if the client tries again
-        return sqlstate.startswith(("08", "53", "57P", "40P01", "40001"))
+        return sqlstate(exc).startswith(("08", "53", "57P", *TRANSIENT_SQLSTATES))
     return False
 
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 
+from .errors import TRANSIENT_SQLSTATES, sqlstate
 from .observability import JOB_RUNS
 
 if TYPE_CHECKING:
@@ -52,15 +52,12 @@ async def job_lock(runtime: Runtime, job: Job) -> AsyncIterator[None]:
             await conn.commit()
 
 
-TRANSIENT_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
 ATTEMPTS = 3
 
 
 def transient(exc: BaseException) -> bool:
     """A conflict with concurrent work that the same work, run again, gets past."""
-    return isinstance(exc, DBAPIError) and str(getattr(exc.orig, "sqlstate", "") or "").startswith(
-        TRANSIENT_SQLSTATES
-    )
+    return sqlstate(exc).startswith(TRANSIENT_SQLSTATES)
 
 
 async def run_job(runtime: Runtime, job: Job, as_of: datetime) -> dict[str, Any]:
