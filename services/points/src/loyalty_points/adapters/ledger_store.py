@@ -82,7 +82,7 @@ class LedgerBatch:
         wanted = sorted(set(member_ids) - set(self.accounts))
         if not wanted:
             return
-        with_lots = wanted if lots_of is None else sorted(set(lots_of) & set(wanted))
+        with_lots = set(wanted) if lots_of is None else set(lots_of) & set(wanted)
         # Create missing accounts first, then lock all in member order: concurrent batches and
         # requests touching the same members queue instead of deadlocking.
         await self.conn.execute(
@@ -106,7 +106,7 @@ class LedgerBatch:
                 pending=row.pending,
                 lifetime_earned=row.lifetime_earned,
                 lifetime_redeemed=row.lifetime_redeemed,
-                lots_loaded=lots_of is None,
+                lots_loaded=row.member_id in with_lots,
             )
             self.members[row.member_id] = Member(
                 member_id=row.member_id,
@@ -124,13 +124,12 @@ class LedgerBatch:
             return
         lots = await self.conn.execute(
             select(self.ledger.lots).where(
-                self.ledger.lots.c.member_id.in_(with_lots), self.ledger.lots.c.remaining > 0
+                self.ledger.lots.c.member_id.in_(sorted(with_lots)),
+                self.ledger.lots.c.remaining > 0,
             )
         )
         for row in lots:
             self.accounts[row.member_id].lots[row.lot_id] = _lot(row)
-        for member_id in with_lots:
-            self.accounts[member_id].lots_loaded = True
 
     async def load_lots(self, lot_ids: Iterable[str]) -> None:
         """Lots that may hold nothing now (a redemption to cancel took them)."""
