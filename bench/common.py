@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,39 @@ import asyncpg
 import orjson
 import psutil
 from loyalty_shared.db import to_asyncpg_dsn
+from loyalty_shared.events import make_event
+from loyalty_shared.events.orders import OrderPaid
 
 T0 = datetime(2026, 3, 2, 4, 0, tzinfo=UTC)  # the business time of the generated events
+
+
+def bench_member_id(index: int) -> str:
+    """The id of the index-th generated member (seeding SQL spells it 'bm' || lpad(g, 7, '0'))."""
+    return f"bm{index:07d}"
+
+
+def paid_order(
+    order_id: str, member_id: str, seq: int, paid_order_count: int, channel: str = "pos"
+) -> tuple[bytes, bytes]:
+    """A generated `order.paid` of 129.00 CNY, `seq` seconds after T0: (key, value)."""
+    event = make_event(
+        "order.paid",
+        OrderPaid(
+            order_id=order_id,
+            channel=channel,
+            external_id=order_id,
+            member_id=member_id,
+            occurred_at=T0 + timedelta(seconds=seq),
+            total_minor=12900,
+            paid_minor=12900,
+            member_tier="bronze",
+            paid_order_count=paid_order_count,
+        ),
+        subject=member_id,
+        source="bench",
+        time=T0,
+    )
+    return member_id.encode(), event.encode()
 
 
 def cpu_seconds() -> float:

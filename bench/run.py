@@ -35,10 +35,8 @@ import nightly
 import orjson
 import scale
 from aiokafka import AIOKafkaConsumer
-from common import T0, Platform, Stopwatch, cpu_seconds
+from common import T0, Platform, Stopwatch, bench_member_id, cpu_seconds, paid_order
 from loyalty_shared.db import EmbeddedCluster, ensure_database, to_asyncpg_dsn
-from loyalty_shared.events import make_event
-from loyalty_shared.events.orders import OrderPaid
 from loyalty_shared.kafka import ensure_topics, make_producer
 from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
 from loyalty_shared.observability import EVENTS_PROCESSED
@@ -48,29 +46,16 @@ SCENARIOS = ["pipeline", "latency", "coupons", "scale", "nightly"]
 
 
 def order_events(count: int, members: int) -> list[tuple[bytes, bytes]]:
-    out = []
-    for i in range(count):
-        member_id = f"bm{i % members:07d}"
-        order_id = f"bo{i:09d}"
-        event = make_event(
-            "order.paid",
-            OrderPaid(
-                order_id=order_id,
-                channel="pos" if i % 3 else "online",
-                external_id=order_id,
-                member_id=member_id,
-                occurred_at=T0 + timedelta(seconds=i),
-                total_minor=12900,
-                paid_minor=12900,
-                member_tier="bronze",
-                paid_order_count=1 + i // members,
-            ),
-            subject=member_id,
-            source="bench",
-            time=T0,
+    return [
+        paid_order(
+            f"bo{i:09d}",
+            bench_member_id(i % members),
+            i,
+            1 + i // members,
+            channel="pos" if i % 3 else "online",
         )
-        out.append((member_id.encode(), event.encode()))
-    return out
+        for i in range(count)
+    ]
 
 
 async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> float:
@@ -138,7 +123,7 @@ async def raw_insert(dsn: str, count: int, members: int) -> dict[str, float]:
         with Stopwatch() as sw:
             for start in range(0, count, 500):
                 ids = [f"e{i}" for i in range(start, min(start + 500, count))]
-                member_ids = [f"bm{i % members:07d}" for i in range(start, start + len(ids))]
+                member_ids = [bench_member_id(i % members) for i in range(start, start + len(ids))]
                 per_member: dict[str, int] = {}
                 for m in member_ids:
                     per_member[m] = per_member.get(m, 0) + 129

@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from common import T0, CpuMeter, cpu_seconds
+from common import T0, CpuMeter, bench_member_id, cpu_seconds, paid_order
 from loyalty_shared.db import EmbeddedCluster, ensure_database, to_asyncpg_dsn
-from loyalty_shared.events import make_event
-from loyalty_shared.events.orders import OrderPaid
 from loyalty_shared.kafka import ensure_topics, make_producer
 from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
 from loyalty_shared.observability import EVENTS_PROCESSED
@@ -39,36 +37,15 @@ SEGMENTS = [
 ]
 
 
-def member_id(index: int) -> str:
-    return f"bm{index:07d}"
-
-
 def events_for(count: int, members: int, distinct: int) -> list[tuple[bytes, bytes]]:
     """`count` orders over `distinct` members spread evenly over the `members` present."""
     stride = members // distinct
-    out = []
-    for i in range(count):
-        mid = member_id((i % distinct) * stride)
-        order_id = f"bs{members}-{i:09d}"
-        event = make_event(
-            "order.paid",
-            OrderPaid(
-                order_id=order_id,
-                channel="pos",
-                external_id=order_id,
-                member_id=mid,
-                occurred_at=T0 + timedelta(seconds=i),
-                total_minor=12900,
-                paid_minor=12900,
-                member_tier="bronze",
-                paid_order_count=1 + i // distinct,
-            ),
-            subject=mid,
-            source="bench",
-            time=T0,
+    return [
+        paid_order(
+            f"bs{members}-{i:09d}", bench_member_id((i % distinct) * stride), i, 1 + i // distinct
         )
-        out.append((mid.encode(), event.encode()))
-    return out
+        for i in range(count)
+    ]
 
 
 def processed(service: str) -> float:
