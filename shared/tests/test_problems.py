@@ -5,15 +5,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
-import httpx
 import pytest
 from fastapi import APIRouter
 from loyalty_shared.errors import PROBLEM_MEDIA_TYPE
-from loyalty_shared.service import ServiceDefinition, create_app
-from loyalty_shared.settings import ServiceSettings
-from loyalty_shared.testing import AUTH, TEST_API_KEYS
+from loyalty_shared.testing import toy_app, toy_client
 from pydantic import BaseModel
 
 router = APIRouter(prefix="/v1")
@@ -47,19 +43,12 @@ async def busy() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def app():
-    definition = ServiceDefinition(
-        name="toy", title="Toy", migrations=Path("unused"), routers=[router]
-    )
-    settings = ServiceSettings.for_service(
-        "toy", database_url="postgresql://unused/unused", api_keys=TEST_API_KEYS
-    )
-    return create_app(definition, settings=settings, background=False)
+    return toy_app(router)
 
 
 @pytest.fixture
 async def client(app):
-    transport = httpx.ASGITransport(app=app)  # no lifespan: these requests need no database
-    async with httpx.AsyncClient(transport=transport, base_url="http://toy", headers=AUTH) as c:
+    async with toy_client(app) as c:
         yield c
 
 
@@ -129,16 +118,8 @@ async def test_a_database_out_of_connections_is_a_503_to_retry(pg_server_url):
             await conn.execute(text("SELECT 1"))
         return {}
 
-    definition = ServiceDefinition(
-        name="toy", title="Toy", migrations=Path("unused"), routers=[toy]
-    )
-    settings = ServiceSettings.for_service(
-        "toy", database_url="postgresql://unused/unused", api_keys=TEST_API_KEYS
-    )
-    app = create_app(definition, settings=settings, background=False)
-    transport = httpx.ASGITransport(app=app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as c:
+        async with toy_client(toy_app(toy)) as c:
             response = await c.get("/v1/starved")
     finally:
         await starved.dispose()

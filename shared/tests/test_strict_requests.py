@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import Enum
-from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
@@ -15,9 +14,7 @@ import httpx
 import pytest
 from fastapi import APIRouter
 from loyalty_shared.api_types import AwareDatetime, Date, RequestModel, Time
-from loyalty_shared.service import ServiceDefinition, create_app
-from loyalty_shared.settings import ServiceSettings
-from loyalty_shared.testing import AUTH, TEST_API_KEYS
+from loyalty_shared.testing import toy_app, toy_client
 from pydantic import AwareDatetime as PlainAwareDatetime
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -191,19 +188,12 @@ async def post_order(body: Order) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def app():
-    definition = ServiceDefinition(
-        name="toy", title="Toy", migrations=Path("unused"), routers=[router]
-    )
-    settings = ServiceSettings.for_service(
-        "toy", database_url="postgresql://unused/unused", api_keys=TEST_API_KEYS
-    )
-    return create_app(definition, settings=settings, background=False)
+    return toy_app(router)
 
 
 @pytest.fixture
 async def client(app):
-    transport = httpx.ASGITransport(app=app)  # no lifespan: these requests need no database
-    async with httpx.AsyncClient(transport=transport, base_url="http://toy", headers=AUTH) as c:
+    async with toy_client(app) as c:
         yield c
 
 

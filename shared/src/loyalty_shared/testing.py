@@ -142,6 +142,24 @@ async def start_service(
     return RunningService(app=app, runtime=runtime, client=client)
 
 
+def toy_app(*routers: Any) -> Any:
+    """An app of the shared plumbing (auth, write guard, problems, OpenAPI) around some routers,
+    with no database: for tests of what the plumbing answers, used without its lifespan."""
+    definition = ServiceDefinition(
+        name="toy", title="Toy", migrations=Path("unused"), routers=list(routers)
+    )
+    settings = ServiceSettings.for_service(
+        "toy", database_url="postgresql://unused/unused", api_keys=TEST_API_KEYS
+    )
+    return create_app(definition, settings=settings, background=False)
+
+
+def toy_client(app: Any) -> httpx.AsyncClient:
+    """An authenticated client of a `toy_app` (no lifespan: its requests need no database)."""
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://toy", headers=AUTH)
+
+
 async def outbox_events(
     runtime: Runtime, *, key: str | None = None, event_type: str | None = None
 ) -> list[dict[str, Any]]:
