@@ -383,3 +383,60 @@ async def test_one_handler_for_several_types_gets_the_run_whole(engine: AsyncEng
     async with engine.begin() as conn:
         await apply_events(conn, "apart-group", apart, mixed)
     assert calls == [["member.checked_in"], ["member.updated"], ["member.checked_in"]]
+
+
+async def test_a_database_refusing_connections_pauses_the_consumer_and_dead_letters_nothing(
+    engine: AsyncEngine,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    topic_reader: TopicReader,
+) -> None:
+    """Contract §2: while the database refuses connections (SQLSTATE 55000) and every open one is
+    cut, for longer than the whole retry ladder, the consumer waits and applies the same events
+    once the database is back; nothing goes to the dead-letter topic."""
+    group = unique("outage")
+    topic = await new_topic("consumer-outage", partitions=1, dlq_groups=(group,))
+    events = [checked_in(f"m-{i % 3}", i + 1) for i in range(6)]
+    database = engine.url.database
+    from loyalty_shared.db import create_engine
+
+    server_url = engine.url.set(database="postgres").render_as_string(hide_password=False)
+    server = create_engine(server_url, pool_size=1, max_overflow=0)
+
+    async def allow(flag: bool) -> None:
+        async with server.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {flag}'))
+            if not flag:
+                await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :d AND pid <> pg_backend_pid()"
+                    ),
+                    {"d": database},
+                )
+
+    consumer = consumer_for(
+        IdempotentConsumer, engine, kafka_bootstrap, topic, group, max_retries=2, retry_delay=0.01
+    )
+    try:
+        await consumer._start()
+        await allow(False)
+        await produce(kafka_bootstrap, topic, keyed(events))
+        # 3 s of refusals: the retry ladder (2 tries, 10 ms apart) is over many times
+        loop = asyncio.get_running_loop()
+        reopen = loop.call_later(3.0, lambda: asyncio.ensure_future(allow(True)))
+        try:
+            await drain(consumer, len(events), timeout=40)
+        finally:
+            reopen.cancel()
+            await allow(True)
+    finally:
+        await consumer.stop()
+        await server.dispose()
+    expected: Counter[str] = Counter()
+    for e in events:
+        expected[e.data.member_id] += e.data.streak_days
+    assert await tallies(engine) == dict(expected)
+    assert await processed(engine, group) == {e.id: 1 for e in events}
+    assert await topic_reader(dlq_topic(topic, group), at_least=0) == []

@@ -126,3 +126,96 @@ async def test_a_database_out_of_connections_is_a_503_to_retry(pg_server_url):
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "service_unavailable"
     assert response.headers["retry-after"]
+
+
+async def _answer_of(engine_url: str, sql: str, *, setup: str | None = None) -> tuple[int, dict]:
+    """What a toy route answers when its statement meets the database in the state `setup`
+    (run on a connection of the route's own) puts it in."""
+    from loyalty_shared.db import create_engine
+    from sqlalchemy import text
+
+    engine = create_engine(engine_url)
+    toy = APIRouter(prefix="/v1")
+
+    @toy.post("/write")
+    async def write_route() -> dict[str, str]:
+        async with engine.begin() as conn:
+            if setup:
+                await conn.execute(text(setup))
+            await conn.execute(text(sql))
+        return {}
+
+    try:
+        async with toy_client(toy_app(toy)) as c:
+            response = await c.post("/v1/write")
+    finally:
+        await engine.dispose()
+    return response.status_code, {
+        **response.json(),
+        "retry-after": response.headers.get("retry-after"),
+    }
+
+
+async def test_a_database_that_refuses_connections_is_a_503(pg_server_url, databases):
+    """`ALTER DATABASE ... ALLOW_CONNECTIONS false` answers a new connection with SQLSTATE 55000:
+    the database is unavailable, the request is not at fault."""
+    from loyalty_shared.db import create_engine
+    from sqlalchemy import text
+
+    url = await databases.fresh("refusing")
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    admin = create_engine(pg_server_url)
+    async with admin.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+    try:
+        status, body = await _answer_of(url, "SELECT 1")
+    finally:
+        async with admin.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        await admin.dispose()
+    assert status == 503, body
+    assert body["code"] == "service_unavailable" and body["retry-after"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "sql"),
+    [
+        # a read-only replica after a failover (25006)
+        ("SET TRANSACTION READ ONLY", "CREATE TEMP TABLE t (x int)"),
+    ],
+    ids=["read-only"],
+)
+async def test_a_read_only_or_locked_database_is_a_503(databases, setup, sql):
+    url = await databases.fresh("unavailable")
+    status, body = await _answer_of(url, sql, setup=setup)
+    assert status == 503, body
+    assert body["code"] == "service_unavailable" and body["retry-after"]
+
+
+async def test_a_statement_at_fault_is_still_a_500(databases):
+    """The taxonomy does not hide bugs: a statement the database rejects for itself is a 500."""
+    url = await databases.fresh("faulty")
+    status, body = await _answer_of(url, "SELECT * FROM no_such_table")
+    assert status == 500, body
+
+
+async def test_a_lock_not_granted_in_time_is_a_503(databases):
+    """A lock timeout (55P03) is a conflict with concurrent work: retry, not a bug."""
+    from loyalty_shared.db import create_engine
+    from sqlalchemy import text
+
+    url = await databases.fresh("locked")
+    holder = create_engine(url)
+    async with holder.connect() as conn:
+        await conn.execute(text("CREATE TABLE held (x int)"))
+        await conn.commit()
+        await conn.execute(text("LOCK TABLE held IN ACCESS EXCLUSIVE MODE"))
+        status, body = await _answer_of(
+            url, "SELECT * FROM held", setup="SET LOCAL lock_timeout = '50ms'"
+        )
+        await conn.rollback()
+    await holder.dispose()
+    assert status == 503, body
+    assert body["code"] == "service_unavailable" and body["retry-after"]

@@ -59,6 +59,7 @@ processed_events = Table(
     Column("event_id", String(64), primary_key=True),
     Column("type", String(100), nullable=False),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Index("processed_events_processed_at", "processed_at"),  # the purge job's range
 )
 
 idempotency_keys = Table(
@@ -73,12 +74,61 @@ idempotency_keys = Table(
     Column("response_body", LargeBinary),
     Column("response_headers", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # While the first request runs (status NULL), its process renews this every few seconds; a
+    # key whose lease has lapsed belongs to a process that died, and a retry takes it over.
+    Column("lease_until", DateTime(timezone=True)),
+    Column("attempt", String(32)),  # who holds the key now: only it may store the answer
+)
+
+# Messages a consumer dead-lettered, one row per message and group: what the admin endpoints
+# list and re-drive, and what keeps a message delivered again from being dead-lettered twice.
+dead_letters = Table(
+    "dead_letters",
+    platform_metadata,
+    Column("consumer_group", String(200), primary_key=True),
+    # the event id, or "<topic>/<partition>/<offset>" for a message that could not be parsed
+    Column("message_id", String(300), primary_key=True),
+    Column("topic", String(200), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("event_type", String(100), nullable=False),
+    Column("reason", String(100), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("key", LargeBinary),
+    Column("value", LargeBinary, nullable=False),
+    Column(
+        "dead_lettered_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+    ),
+    Column("redriven_at", DateTime(timezone=True)),  # NULL: still waiting for a redrive
+    Column("redrives", Integer, nullable=False, server_default=text("0")),
+    Index(
+        "dead_letters_waiting",
+        "topic",
+        "dead_lettered_at",
+        postgresql_where=text("redriven_at IS NULL"),
+    ),
+)
+
+# Columns and indexes added to platform tables after their first migration, for databases that
+# have the older shapes; each statement is a no-op on a database created with the newer ones.
+_PLATFORM_UPGRADES = (
+    "ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS lease_until timestamptz",
+    "ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS attempt varchar(32)",
+    "CREATE INDEX IF NOT EXISTS processed_events_processed_at ON processed_events (processed_at)",
 )
 
 
 def create_platform_tables(bind: Connection) -> None:
     """Create the platform tables; call from a service's first Alembic migration."""
     platform_metadata.create_all(bind)
+
+
+def upgrade_platform_tables(bind: Connection) -> None:
+    """Bring the platform tables to their current shape (new tables, columns, indexes); every
+    service's latest platform migration calls it, and it may run any number of times."""
+    platform_metadata.create_all(bind)  # checkfirst: only the tables that are missing
+    for statement in _PLATFORM_UPGRADES:
+        bind.execute(text(statement))
 
 
 # ---------------------------------------------------------------------------------------------

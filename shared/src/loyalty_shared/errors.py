@@ -225,35 +225,49 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
-# deadlock detected, serialization failure: a conflict with concurrent work that the same
-# work, run again, gets past
-TRANSIENT_SQLSTATES = ("40P01", "40001")
+# What a database says when it is unavailable (contract §2 and §3), by SQLSTATE: a connection
+# exception (08), insufficient resources (53: out of connection slots, memory or disk),
+# operator intervention (57P: shutting down, crashed, starting up), a database that does not
+# allow connections (55000), a read-only replica after a failover (25006).
+OUTAGE_SQLSTATES = ("08", "53", "57P", "55000", "25006")
+# A conflict with concurrent work that the same work, run again, gets past: serialization
+# failure, deadlock, lock not available (a lock timeout).
+CONFLICT_SQLSTATES = ("40001", "40P01", "55P03")
 
 
 def sqlstate(exc: BaseException) -> str:
-    """The SQLSTATE of a database error ("" for anything else)."""
-    if not isinstance(exc, DBAPIError):
-        return ""
-    return str(getattr(exc.orig, "sqlstate", "") or "")
+    """The SQLSTATE of a database error, wrapped by SQLAlchemy or raw ("" for anything else)."""
+    if isinstance(exc, DBAPIError):
+        exc = exc.orig  # type: ignore[assignment]
+    return str(getattr(exc, "sqlstate", "") or "")
+
+
+def conflict(exc: BaseException) -> bool:
+    """A transaction that lost to concurrent work; the same work, run again, gets past it."""
+    return sqlstate(exc).startswith(CONFLICT_SQLSTATES)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The one reading of "the database cannot do this now, whatever the request or event":
+    it is unreachable, refuses or drops connections, is starting up, shutting down, full or
+    read-only, the pool has no free connection, or the transaction conflicted with concurrent
+    work. Such a failure is nobody's fault: an HTTP request answers 503 and may be retried, a
+    consumer retries the same events without limit, a job runs again. Anything else a database
+    says (a constraint, a bad value, a bug in a statement) is the work's own fault."""
+    if isinstance(exc, OSError | InterfaceError | PoolTimeout | ConnectionError):
+        return True  # PoolTimeout: every connection of the pool is busy
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    state = sqlstate(exc)
+    if state:
+        return state.startswith(OUTAGE_SQLSTATES) or state.startswith(CONFLICT_SQLSTATES)
+    # A driver error without a SQLSTATE raised while connecting or on a closed connection.
+    return isinstance(exc, OperationalError)
 
 
 def _refused_value(exc: Exception) -> bool:
     """The database refused a value (SQLSTATE class 22, data exception): the client's fault."""
     return sqlstate(exc).startswith("22")
-
-
-def _outage(exc: Exception) -> bool:
-    """Connection trouble (refused, dropped, server shutting down), not a statement's fault."""
-    if isinstance(exc, OSError | OperationalError | InterfaceError | PoolTimeout):
-        return True  # PoolTimeout: every connection busy (overload), another way of unavailable
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        # connection exception, insufficient resources (too many connections, out of memory
-        # or disk), operator intervention, and a deadlock or serialization failure with
-        # concurrent work: all pass if the client tries again
-        return sqlstate(exc).startswith(("08", "53", "57P", *TRANSIENT_SQLSTATES))
-    return False
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -305,7 +319,7 @@ def install_problem_handlers(app: FastAPI) -> None:
                 instance=request.url.path,
                 errors=[{"loc": ["request"], "msg": "a value cannot be stored", "type": "value"}],
             )
-        if not _outage(exc):
+        if not database_unavailable(exc):
             log.exception("database_error", path=request.url.path)
             return problem_response(
                 500, "internal_error", "an unexpected error occurred", instance=request.url.path
@@ -336,6 +350,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if database_unavailable(exc):  # a driver error that SQLAlchemy did not wrap
+            return await _unavailable(request, exc)
         log.exception("unhandled_error", path=request.url.path)
         return problem_response(
             500, "internal_error", "an unexpected error occurred", instance=request.url.path

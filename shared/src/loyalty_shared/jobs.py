@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import text
 
-from .errors import TRANSIENT_SQLSTATES, sqlstate
+from .errors import conflict, database_unavailable
 from .observability import JOB_RUNS
 
 if TYPE_CHECKING:
@@ -53,11 +53,7 @@ async def job_lock(runtime: Runtime, job: Job) -> AsyncIterator[None]:
 
 
 ATTEMPTS = 3
-
-
-def transient(exc: BaseException) -> bool:
-    """A conflict with concurrent work that the same work, run again, gets past."""
-    return sqlstate(exc).startswith(TRANSIENT_SQLSTATES)
+OUTAGE_RETRY_SECONDS = 5.0  # a scheduled run that met an unavailable database runs again then
 
 
 async def run_job(runtime: Runtime, job: Job, as_of: datetime) -> dict[str, Any]:
@@ -67,7 +63,7 @@ async def run_job(runtime: Runtime, job: Job, as_of: datetime) -> dict[str, Any]
                 counts = await job.run(runtime, as_of)
                 break
             except Exception as exc:
-                if transient(exc) and attempt < ATTEMPTS - 1:
+                if conflict(exc) and attempt < ATTEMPTS - 1:
                     log.warning(
                         "job_retried", service=runtime.name, job=job.name, error=type(exc).__name__
                     )
@@ -98,5 +94,16 @@ async def scheduler(runtime: Runtime) -> None:
                 except JobBusy:
                     pass
                 except Exception as exc:
+                    if database_unavailable(exc):
+                        # nobody's fault: run it again soon rather than a whole period later
+                        next_run[job.name] = now + OUTAGE_RETRY_SECONDS
+                        log.warning(
+                            "job_postponed",
+                            service=runtime.name,
+                            job=job.name,
+                            error=type(exc).__name__,
+                            retry_in=OUTAGE_RETRY_SECONDS,
+                        )
+                        continue
                     log.error("job_failed", service=runtime.name, job=job.name, error=repr(exc))
         await asyncio.sleep(min(max(min(next_run.values(), default=now + 60) - now, 0.5), 60))

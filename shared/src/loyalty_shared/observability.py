@@ -34,6 +34,11 @@ CONSUMER_LAG = Gauge(
     "Messages behind the end of the partition",
     ["service", "topic", "partition"],
 )
+CONSUMER_PAUSES = Counter(
+    "loyalty_consumer_outage_pauses_total",
+    "Times the consumer waited for its database (unavailable or conflicting) before retrying",
+    ["service"],
+)
 OUTBOX_BACKLOG = Gauge("loyalty_outbox_backlog", "Outbox rows not yet published", ["service"])
 OUTBOX_PUBLISHED = Counter("loyalty_outbox_published_total", "Outbox rows published", ["service"])
 JOB_RUNS = Counter("loyalty_job_runs_total", "Scheduled job runs", ["service", "job", "outcome"])

@@ -25,9 +25,16 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ..errors import database_unavailable, sqlstate
 from ..events import Event, EventDecodeError
 from ..events.envelope import event_from_json, parse_value
-from ..observability import CONSUMER_LAG, EVENTS_DUPLICATE, EVENTS_FAILED, EVENTS_PROCESSED
+from ..observability import (
+    CONSUMER_LAG,
+    CONSUMER_PAUSES,
+    EVENTS_DUPLICATE,
+    EVENTS_FAILED,
+    EVENTS_PROCESSED,
+)
 from .outbox import make_producer
 from .topics import dlq_topic
 
@@ -35,6 +42,11 @@ log = structlog.get_logger(__name__)
 
 BatchHandler = Callable[[AsyncConnection, list[Event[Any]]], Awaitable[None]]
 AfterCommit = Callable[[], None]
+
+# While the database is unavailable the consumer applies the same events again after a pause
+# that doubles from the first to the longest, without limit.
+OUTAGE_FIRST_PAUSE = 0.2
+OUTAGE_LONGEST_PAUSE = 5.0
 
 _RECORD = text(
     """
@@ -262,23 +274,40 @@ class IdempotentConsumer:
     async def _apply_with_retries(self, items: list[_Item]) -> None:
         events = [item.event for item in items if item.event is not None]
         error: Exception | None = None
-        for attempt in range(self.max_retries):
+        attempt = 0
+        pause = OUTAGE_FIRST_PAUSE
+        while attempt < self.max_retries:
             try:
                 await self._apply(events)
                 return
             except Exception as exc:
-                if _database_unavailable(exc):
-                    raise  # an outage is not the messages' fault: restart from the offset
+                if database_unavailable(exc):
+                    # Not the events' fault (contract §2): wait and apply the same events
+                    # again, for as long as it takes; no attempt is counted.
+                    log.warning(
+                        "database_unavailable",
+                        service=self.service,
+                        group=self.group,
+                        size=len(events),
+                        error=type(exc).__name__,
+                        sqlstate=sqlstate(exc),
+                        retry_in=pause,
+                    )
+                    CONSUMER_PAUSES.labels(self.service).inc()
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, OUTAGE_LONGEST_PAUSE)
+                    continue
                 error = exc
+                attempt += 1
                 log.warning(
                     "batch_failed",
                     service=self.service,
                     group=self.group,
                     size=len(events),
-                    attempt=attempt + 1,
+                    attempt=attempt,
                     error=repr(exc),
                 )
-                await asyncio.sleep(self.retry_delay * (2**attempt))
+                await asyncio.sleep(self.retry_delay * (2 ** (attempt - 1)))
         if len(items) > 1:
             # Isolate the poison: each event alone, in order, with its own retries.
             for item in items:
@@ -364,13 +393,3 @@ def _decode(record: ConsumerRecord[bytes, bytes], wanted: Container[str]) -> _It
         return _Item(record, event=event_from_json(raw))
     except EventDecodeError as exc:
         return _Item(record, poison=PoisonMessage(exc.reason, str(exc)))
-
-
-def _database_unavailable(exc: BaseException) -> bool:
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    if isinstance(exc, OSError | InterfaceError | OperationalError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return False
