@@ -163,7 +163,8 @@ _WRITE_PROBLEMS = {
     415: "the body is not JSON (`unsupported_media_type`)",
 }
 _POST_PROBLEMS = {
-    409: "a request with this Idempotency-Key is still running (`idempotency_in_progress`)",
+    409: "a request with this Idempotency-Key is still running; retry after `Retry-After` "
+    "seconds (`idempotency_key_in_progress`)",
     422: "`validation_error`, or an Idempotency-Key used with another body "
     "(`idempotency_key_reused`)",
 }

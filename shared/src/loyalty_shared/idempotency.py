@@ -2,31 +2,43 @@
 
 The same Idempotency-Key with the same body answers the first response again and does nothing
 more; with another body it is refused (422 `idempotency_key_reused`). Keys are scoped by the
-caller's API key. A key whose first request is still running answers 409 `idempotency_in_progress`.
+caller's API key. A key whose first request is still running answers 409
+`idempotency_key_in_progress`, however long it runs. The answer commits with the request's effect
+(`keyed_request.py`), before the response leaves.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import structlog
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import key_id
-from .errors import PROBLEM_MEDIA_TYPE, problem_body
+from .errors import PROBLEM_MEDIA_TYPE, database_unavailable, problem_body
 from .jobs import Job
+from .keyed_request import KeyedRequest, running
 
 if TYPE_CHECKING:
     from .service import Runtime
 
+log = structlog.get_logger(__name__)
+
 MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32  # no request of the contract nests deeper than a handful of levels
-STALE_AFTER_SECONDS = 60
+# A running request renews its key's lease every third of this; a process that dies stops
+# renewing, and a retry may take the key over once the lease has lapsed.
+LEASE_SECONDS = 10
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -57,74 +69,144 @@ async def _send_problem(
     await send({"type": "http.response.body", "body": body})
 
 
-class IdempotencyStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+@dataclass(frozen=True)
+class Claim:
+    """A request's hold on its key: `attempt` names this run; only it may store the answer."""
 
-    async def begin(
+    principal: str
+    key: str
+    attempt: str
+
+
+class IdempotencyStore:
+    """The `idempotency_keys` table. A running request holds its key by a lease it renews; a
+    key whose lease lapsed belongs to a process that died before it stored an answer (and so,
+    the answer committing with the effect, before any effect): a retry takes it over."""
+
+    def __init__(self, engine: AsyncEngine, after_commit: Callable[[], None] | None = None) -> None:
+        self.engine = engine
+        self.after_commit = after_commit
+
+    async def claim(
         self, principal: str, key: str, method: str, path: str, request_hash: str
     ) -> tuple[str, Any]:
+        """("new", Claim) | ("replay", (status, body, headers)) | ("mismatch" | "in_progress",
+        None)."""
+        claim = Claim(principal, key, secrets.token_hex(8))
+        params = {
+            "p": principal,
+            "k": key,
+            "m": method,
+            "path": path,
+            "h": request_hash,
+            "a": claim.attempt,
+            "lease": LEASE_SECONDS,
+        }
         async with self.engine.begin() as conn:
             inserted = await conn.scalar(
                 text(
-                    "INSERT INTO idempotency_keys (principal, key, method, path, request_hash) "
-                    "VALUES (:p, :k, :m, :path, :h) ON CONFLICT DO NOTHING RETURNING 1"
+                    "INSERT INTO idempotency_keys "
+                    "(principal, key, method, path, request_hash, attempt, lease_until) "
+                    "VALUES (:p, :k, :m, :path, :h, :a, now() + make_interval(secs => :lease)) "
+                    "ON CONFLICT DO NOTHING RETURNING 1"
                 ),
-                {"p": principal, "k": key, "m": method, "path": path, "h": request_hash},
+                params,
             )
             if inserted:
-                return "new", None
+                return "new", claim
             row = (
                 await conn.execute(
                     text(
                         "SELECT request_hash, status, response_body, response_headers, "
-                        "created_at < now() - make_interval(secs => :stale) AS stale "
+                        # a row of before the lease: its first minute counts as held
+                        "coalesce(lease_until, created_at + interval '60 seconds') < now() "
+                        "AS lapsed "
                         "FROM idempotency_keys WHERE principal = :p AND key = :k FOR UPDATE"
                     ),
-                    {"p": principal, "k": key, "stale": STALE_AFTER_SECONDS},
+                    params,
                 )
             ).one()
             if row.request_hash != request_hash:
                 return "mismatch", None
             if row.status is not None:
                 return "replay", (row.status, row.response_body, row.response_headers)
-            if row.stale:  # the first attempt died without an answer: this one takes over
-                await conn.execute(
-                    text(
-                        "UPDATE idempotency_keys SET created_at = now() "
-                        "WHERE principal = :p AND key = :k"
-                    ),
-                    {"p": principal, "k": key},
-                )
-                return "new", None
-            return "in_progress", None
+            if not row.lapsed:
+                return "in_progress", None
+            # The first attempt died without an answer, so without an effect: this one runs.
+            await conn.execute(
+                text(
+                    "UPDATE idempotency_keys SET attempt = :a, "
+                    "lease_until = now() + make_interval(secs => :lease) "
+                    "WHERE principal = :p AND key = :k"
+                ),
+                params,
+            )
+            return "new", claim
 
-    async def complete(
-        self, principal: str, key: str, status: int, body: bytes, headers: dict[str, str]
-    ) -> None:
+    async def renew(self, claim: Claim) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
                 text(
+                    "UPDATE idempotency_keys SET lease_until = now() + make_interval(secs => :s) "
+                    "WHERE principal = :p AND key = :k AND attempt = :a AND status IS NULL"
+                ),
+                {"p": claim.principal, "k": claim.key, "a": claim.attempt, "s": LEASE_SECONDS},
+            )
+
+    async def complete(
+        self,
+        claim: Claim,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        held: AsyncConnection | None,
+    ) -> bool:
+        """Store the answer in the request's held transaction (or in one of its own) and commit
+        both. False: the key was taken over (this run's lease lapsed), so nothing of this run
+        commits."""
+        conn = held or await self.engine.connect()
+        try:
+            if held is None:
+                await conn.begin()
+            stored = await conn.scalar(
+                text(
                     "UPDATE idempotency_keys SET status = :s, response_body = :b, "
-                    "response_headers = CAST(:h AS jsonb) WHERE principal = :p AND key = :k"
+                    "response_headers = CAST(:h AS jsonb), lease_until = NULL "
+                    "WHERE principal = :p AND key = :k AND attempt = :a AND status IS NULL "
+                    "RETURNING 1"
                 ),
                 {
                     "s": status,
                     "b": body,
                     "h": orjson.dumps(headers).decode(),
-                    "p": principal,
-                    "k": key,
+                    "p": claim.principal,
+                    "k": claim.key,
+                    "a": claim.attempt,
                 },
             )
+            if not stored:
+                await conn.rollback()
+                return False
+            await conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.rollback()
+            raise
+        finally:
+            await conn.close()
+        if held is not None and self.after_commit is not None:
+            self.after_commit()
+        return True
 
-    async def forget(self, principal: str, key: str) -> None:
+    async def release(self, claim: Claim) -> None:
+        """No answer to keep (a 5xx, a crash of the handler): the key is free for a retry."""
         async with self.engine.begin() as conn:
             await conn.execute(
                 text(
                     "DELETE FROM idempotency_keys WHERE principal = :p AND key = :k "
-                    "AND status IS NULL"
+                    "AND attempt = :a AND status IS NULL"
                 ),
-                {"p": principal, "k": key},
+                {"p": claim.principal, "k": claim.key, "a": claim.attempt},
             )
 
 
@@ -241,17 +323,13 @@ class WriteGuardMiddleware:
         )
         digest = hashlib.sha256(scope["method"].encode() + b" " + path.encode() + b"\n" + body)
         try:
-            outcome, stored = await store.begin(
+            outcome, found = await store.claim(
                 principal, idem_key, scope["method"], path, digest.hexdigest()
             )
-        except (OSError, SQLAlchemyError):
-            await _send_problem(
-                send,
-                503,
-                "service_unavailable",
-                "the database is unavailable; retry later with the same key",
-                [(b"retry-after", b"5")],
-            )
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            await _send_unavailable(send)
             return
         if outcome == "mismatch":
             await _send_problem(
@@ -262,51 +340,95 @@ class WriteGuardMiddleware:
             )
             return
         if outcome == "in_progress":
-            await _send_problem(
-                send,
-                409,
-                "idempotency_in_progress",
-                "a request with this Idempotency-Key is still being processed",
-                [(b"retry-after", b"1")],
-            )
+            await _send_in_progress(send)
             return
         if outcome == "replay":
-            status, response_body, response_headers = stored
+            status, response_body, response_headers = found
             raw_headers = [(k.encode(), v.encode()) for k, v in (response_headers or {}).items()]
             raw_headers.append((b"idempotent-replayed", b"true"))
             await send({"type": "http.response.start", "status": status, "headers": raw_headers})
             await send({"type": "http.response.body", "body": response_body or b""})
             return
+        await self._run_keyed(scope, receive, send, store, found)
 
-        captured: dict[str, Any] = {"status": 500, "headers": {}, "body": bytearray()}
+    async def _run_keyed(
+        self, scope: Scope, receive: Receive, send: Send, store: IdempotencyStore, claim: Claim
+    ) -> None:
+        """Run the request holding its key; store its answer with its effect, then answer."""
+        response: list[Message] = []
 
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                captured["status"] = message["status"]
-                captured["headers"] = {
-                    k.decode("latin-1"): v.decode("latin-1")
-                    for k, v in message.get("headers", [])
-                    if k.lower() in (b"content-type", b"location")
-                }
-            elif message["type"] == "http.response.body":
-                captured["body"].extend(message.get("body", b""))
+        async def hold_back(message: Message) -> None:
+            response.append(message)  # nothing leaves before the answer is stored
+
+        keyed = KeyedRequest()
+        renewing = asyncio.create_task(_renew_while_running(store, claim))
+        try:
+            with running(keyed):
+                await self.app(scope, receive, hold_back)
+        except BaseException:
+            await keyed.rollback()
+            with contextlib.suppress(Exception):
+                await store.release(claim)
+            raise
+        finally:
+            renewing.cancel()
+        start = next((m for m in response if m["type"] == "http.response.start"), None)
+        status = start["status"] if start else 500
+        if status >= 500:  # not an answer: nothing of it commits, and the client may retry
+            await keyed.rollback()
+            with contextlib.suppress(Exception):
+                await store.release(claim)
+        else:
+            kept = {
+                k.decode("latin-1"): v.decode("latin-1")
+                for k, v in (start or {}).get("headers", [])
+                if k.lower() in (b"content-type", b"location")
+            }
+            answer = b"".join(
+                m.get("body", b"") for m in response if m["type"] == "http.response.body"
+            )
+            try:
+                stored = await store.complete(claim, status, answer, kept, keyed.take())
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                # the commit of effect and answer failed together: neither happened
+                await _send_unavailable(send)
+                return
+            if not stored:
+                await _send_in_progress(send)
+                return
+        for message in response:
             await send(message)
 
+
+async def _renew_while_running(store: IdempotencyStore, claim: Claim) -> None:
+    while True:
+        await asyncio.sleep(LEASE_SECONDS / 3)
         try:
-            await self.app(scope, receive, capture)
-        except BaseException:
-            await store.forget(principal, idem_key)
-            raise
-        if captured["status"] >= 500:
-            await store.forget(principal, idem_key)  # not an answer: the client may retry
-        else:
-            await store.complete(
-                principal,
-                idem_key,
-                captured["status"],
-                bytes(captured["body"]),
-                captured["headers"],
-            )
+            await store.renew(claim)
+        except Exception as exc:  # an outage: the request itself will meet it too
+            log.warning("idempotency_lease_not_renewed", error=type(exc).__name__)
+
+
+async def _send_unavailable(send: Send) -> None:
+    await _send_problem(
+        send,
+        503,
+        "service_unavailable",
+        "the database is unavailable; retry later with the same key",
+        [(b"retry-after", b"5")],
+    )
+
+
+async def _send_in_progress(send: Send) -> None:
+    await _send_problem(
+        send,
+        409,
+        "idempotency_key_in_progress",
+        "a request with this Idempotency-Key is still being processed; retry later",
+        [(b"retry-after", b"1")],
+    )
 
 
 def _bearer_token(authorization: str) -> str:

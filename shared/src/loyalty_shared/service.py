@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from . import keyed_request
 from .api_types import AwareDatetime, RequestModel
 from .auth import ApiKeys, AuthenticationMiddleware, Scope
 from .clock import Clock, SystemClock
@@ -158,9 +159,29 @@ class Runtime:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A unit of work: state and outbox rows commit together; the relay is woken after."""
-        async with self.engine.begin() as conn:
+        """A unit of work: state and outbox rows commit together; the relay is woken after.
+        In a request sent with an Idempotency-Key, the transaction stays open when the block
+        ends and commits with the request's stored answer (`keyed_request.py`)."""
+        keyed = keyed_request.current()
+        if keyed is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            self.wake_relay()
+            return
+        await keyed.commit_held()  # an earlier step of this request commits before the next
+        conn = await self.engine.connect()
+        try:
+            await conn.begin()
             yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.rollback()
+            await conn.close()
+            raise
+        await keyed.hold(conn)
+
+    def wake_relay(self) -> None:
+        """Outbox rows were committed: the relay publishes them now, not at its next poll."""
         if self.relay is not None:
             self.relay.wake()
 
@@ -168,7 +189,12 @@ class Runtime:
     async def reading(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads only, in autocommit: no BEGIN and ROLLBACK round trips. At
         READ COMMITTED a transaction gives reads nothing (each statement sees its own
-        snapshot either way); a write here would commit at once, so write in `transaction()`."""
+        snapshot either way); a write here would commit at once, so write in `transaction()`.
+        In a keyed request that holds a transaction, reads go to it and see its writes."""
+        keyed = keyed_request.current()
+        if keyed is not None and keyed.held is not None:
+            yield keyed.held
+            return
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
@@ -331,7 +357,10 @@ def create_app(
     install_problem_handlers(app)
     # The last added runs first: metrics, authentication, the rate limit (which needs the
     # caller's key), then the write guard, so a refused request records and changes nothing.
-    app.add_middleware(WriteGuardMiddleware, store_factory=lambda: IdempotencyStore(runtime.engine))
+    app.add_middleware(
+        WriteGuardMiddleware,
+        store_factory=lambda: IdempotencyStore(runtime.engine, after_commit=runtime.wake_relay),
+    )
     app.add_middleware(RateLimitMiddleware, limiter=lambda: app.state.rate_limiter)
     app.add_middleware(AuthenticationMiddleware, keys=lambda: app.state.api_keys)
     app.add_middleware(RequestMetricsMiddleware, service=definition.name)

@@ -588,7 +588,7 @@ async def test_concurrent_requests_with_one_key_create_one_member(client, member
     assert len({r.json()["member_id"] for r in created}) == 1
     for response in responses:
         if response.status_code != 201:
-            assert_problem(response, 409, "idempotency_in_progress")
+            assert_problem(response, 409, "idempotency_key_in_progress")
     assert await count_members(member, e164(phone)) == 1
     assert await count_outbox(member, created[0].json()["member_id"]) == 1
     # once the first has answered, every retry gets its answer

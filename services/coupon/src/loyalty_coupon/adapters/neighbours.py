@@ -101,7 +101,10 @@ async def _call(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any)
         body = response.json()
     except ValueError:
         body = {"detail": response.text[:200]}
-    if response.status_code == 409 and body.get("code") == "idempotency_in_progress":
+    if response.status_code == 409 and body.get("code") in (
+        "idempotency_key_in_progress",
+        "idempotency_in_progress",
+    ):
         raise NeighbourUnavailable("the first request with this key is still running")
     if response.status_code >= 400:
         raise NeighbourRefused(response.status_code, body if isinstance(body, dict) else {})
