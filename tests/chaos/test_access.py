@@ -112,6 +112,14 @@ CONTRACT: dict[str, dict[tuple[str, str], frozenset[str]]] = {
         ("POST", "/v1/segments:preview"): ADMIN,
     },
 }
+# Endpoints every service has (the platform's own); the table above must not be missing them.
+# admin (§2, "Dead letters can be fed back"): listing and redriving dead letters
+PLATFORM: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/v1/admin/dead-letters"): ADMIN,
+    ("POST", "/v1/admin/dead-letters:redrive"): ADMIN,
+}
+for _table in CONTRACT.values():
+    _table.update(PLATFORM)
 
 # /v1 operations open to any valid key (require_scope(None)). None: the contract names a scope
 # for every endpoint. An entry needs its reason and a line of the contract that allows it.

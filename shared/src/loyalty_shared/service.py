@@ -28,6 +28,8 @@ from .idempotency import PURGE_IDEMPOTENCY_KEYS, IdempotencyStore, WriteGuardMid
 from .jobs import Job, JobBusy, run_job, scheduler
 from .kafka import Handlers, IdempotentConsumer, OutboxRelay, ensure_topics, schedule_replay
 from .kafka.broker import port_open
+from .kafka.dead_letters import router as dead_letters_router
+from .kafka.inbox import PURGE_PROCESSED_EVENTS
 from .observability import RequestMetricsMiddleware, configure_logging, metrics_payload
 from .ratelimit import RateLimiter, RateLimitMiddleware
 from .settings import ServiceSettings
@@ -64,7 +66,8 @@ class Runtime:
         self.name = definition.name
         self.settings = settings
         self.clock = clock
-        self.jobs = [*definition.jobs, PURGE_IDEMPOTENCY_KEYS]  # the platform's own last
+        # the platform's own jobs last
+        self.jobs = [*definition.jobs, PURGE_IDEMPOTENCY_KEYS, PURGE_PROCESSED_EVENTS]
         self._engine: AsyncEngine | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: IdempotentConsumer | None = None
@@ -179,6 +182,18 @@ class Runtime:
             await conn.close()
             raise
         await keyed.hold(conn)
+
+    @contextlib.asynccontextmanager
+    async def committed(self) -> AsyncIterator[AsyncConnection]:
+        """A unit of work that commits when its block ends, even in a keyed request: a saga's
+        step that must be durable before the request calls another service (a crash during the
+        call must find it, and so must a job that settles what crashed requests left)."""
+        keyed = keyed_request.current()
+        if keyed is not None:
+            await keyed.commit_held()
+        async with self.engine.begin() as conn:
+            yield conn
+        self.wake_relay()
 
     def wake_relay(self) -> None:
         """Outbox rows were committed: the relay publishes them now, not at its next poll."""
@@ -366,6 +381,7 @@ def create_app(
     app.add_middleware(RequestMetricsMiddleware, service=definition.name)
     app.include_router(ops)
     app.include_router(admin)
+    app.include_router(dead_letters_router)
     for router in definition.routers:
         app.include_router(router)
     return app

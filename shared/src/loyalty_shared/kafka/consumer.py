@@ -347,6 +347,8 @@ class IdempotentConsumer:
         poison: PoisonMessage,
         event_type: str = "unparsed",
     ) -> None:
+        from .dead_letters import dead_letter_once  # that module imports this one
+
         assert self._dlq_producer is not None
         headers = [
             ("error", poison.detail[:2000].encode()),
@@ -356,9 +358,34 @@ class IdempotentConsumer:
             ("original_offset", str(record.offset).encode()),
             ("consumer_group", self.group.encode()),
         ]
-        await self._dlq_producer.send_and_wait(
-            dlq_topic(record.topic, self.group), record.value, key=record.key, headers=headers
+
+        async def send() -> None:
+            await self._dlq_producer.send_and_wait(
+                dlq_topic(record.topic, self.group), record.value, key=record.key, headers=headers
+            )
+
+        # The row first, the DLQ record inside its transaction: see `dead_letter_once` for why
+        # a crash anywhere between never loses a dead letter. A message this group dead-lettered
+        # before (delivered again) is skipped without a second DLQ record.
+        new = await dead_letter_once(
+            self.engine,
+            self.group,
+            record,
+            reason=poison.reason,
+            error=poison.detail,
+            event_type=event_type,
+            send=send,
         )
+        if not new:
+            log.info(
+                "dead_letter_delivered_again",
+                service=self.service,
+                group=self.group,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            return
         EVENTS_FAILED.labels(self.service, event_type).inc()
         log.error(
             "event_dead_lettered",
