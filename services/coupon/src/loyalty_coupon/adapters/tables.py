@@ -145,7 +145,7 @@ exchanges = Table(
     Column("member_id", String(64), nullable=False),
     Column("template_code", String(64), nullable=False),
     Column("points", BigInteger, nullable=False),
-    # pending → issued | refunded (points given back) | refund_pending (cancel to retry) | failed
+    # pending | issued | failed | refunding | refund_pending | refunded: domain/exchanges.py
     Column("status", String(16), nullable=False),
     Column("points_redemption_id", String(64)),
     Column("coupon_code", String(32)),
