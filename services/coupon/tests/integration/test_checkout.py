@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from datetime import timedelta
 
 import httpx
@@ -246,6 +247,37 @@ async def test_the_wallet_pages_newest_first(coupon, kit, clock):
     assert rest["next_cursor"] is None
     bad = await coupon.client.get(f"/v1/members/{member}/coupons", params={"cursor": "zzz"})
     assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
+    # base64 of "at|code", the wallet's old cursor, is not one it hands out now
+    old = base64.urlsafe_b64encode(f"2026-01-01T00:00:00+00:00|{codes[0]}".encode()).decode()
+    bad = await coupon.client.get(f"/v1/members/{member}/coupons", params={"cursor": old})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["query", "cursor"]
+
+
+async def test_templates_and_campaigns_page_and_refuse_cursors_they_did_not_hand_out(coupon, kit):
+    """Contract §3: a cursor the service did not hand out is a 422, never a first page."""
+    for _ in range(3):
+        t = await kit.template(coupon)
+        await kit.campaign(coupon, [t["code"]], {"type": "manual"})
+    for url in ("/v1/coupon-templates", "/v1/campaigns"):
+        everything = (await coupon.client.get(url, params={"limit": 500})).json()["items"]
+        seen, cursor = [], None
+        while True:
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = await coupon.client.get(url, params=params)
+            assert page.status_code == 200, page.text
+            seen += page.json()["items"]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert [i["code"] for i in seen] == [i["code"] for i in everything]
+        assert len(seen) >= 3
+        first = (await coupon.client.get(url, params={"limit": 1})).json()
+        # a code (these lists once read any string as "after this code"), garbage, an edit
+        for foreign in (everything[0]["code"], "zzz", "%%%", first["next_cursor"][:-2]):
+            bad = await coupon.client.get(url, params={"cursor": foreign})
+            assert bad.status_code == 422, (url, foreign, bad.text)
+            assert bad.json()["code"] == "validation_error"
+            assert [e["loc"] for e in bad.json()["errors"]] == [["query", "cursor"]]
 
 
 HOSTILE_TEXTS = ["'; DROP TABLE coupon_templates; --", "🎉🧧 新人礼券", "שלום مرحبا", 'a"\\`$1%s']

@@ -557,6 +557,41 @@ async def test_card_plans(member):
     problem(await member.client.get("/v1/card-plans/nope"), 404, "not_found")
 
 
+def refused_cursor(response) -> None:
+    """A cursor the list did not hand out (contract §3): 422 at the cursor, not a first page."""
+    errors = problem(response, 422, "validation_error")["errors"]
+    assert [e["loc"] for e in errors] == [["query", "cursor"]] and errors[0]["msg"]
+
+
+async def test_card_plans_and_batch_cards_page_and_refuse_foreign_cursors(member):
+    for code in ("page-a", "page-b", "page-c"):
+        body = {"code": code, "name": code, "kind": "free"}
+        assert (await member.client.post("/v1/card-plans", json=body)).status_code in (201, 409)
+    everything = (await member.client.get("/v1/card-plans", params={"limit": 500})).json()
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await member.client.get("/v1/card-plans", params=params)).json()
+        seen += [p["code"] for p in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [p["code"] for p in everything["items"]] and len(seen) >= 4
+    first = (await member.client.get("/v1/card-plans", params={"limit": 1})).json()
+    # "free" or "page-a" were once read as "after this code": no cursor was ever either
+    for foreign in ("free", "page-a", "zzz", "%%%", first["next_cursor"][:-2], "日本"):
+        refused_cursor(await member.client.get("/v1/card-plans", params={"cursor": foreign}))
+
+    batch = (await member.client.post("/v1/card-batches", json={"count": 3, "prefix": "55"})).json()
+    url = f"/v1/card-batches/{batch['batch_id']}/cards"
+    one = (await member.client.get(url, params={"limit": 2})).json()
+    rest = (await member.client.get(url, params={"limit": 2, "cursor": one["next_cursor"]})).json()
+    assert [c["card_no"] for c in one["items"] + rest["items"]] == sorted(batch["card_nos"])
+    assert rest["next_cursor"] is None
+    for foreign in (batch["card_nos"][0], "0"):
+        refused_cursor(await member.client.get(url, params={"cursor": foreign}))
+
+
 async def test_buying_and_renewing_a_paid_card(member):
     plan = {"code": "vip-year", "name": "VIP", "kind": "paid", "price_minor": 19900}
     await member.client.post("/v1/card-plans", json={**plan, "period": "year"})

@@ -7,6 +7,7 @@ import itertools
 import loyalty_member.bootstrap
 import pytest_asyncio
 from loyalty_member.service_layer.referrals import qualify_referral
+from loyalty_shared.paging import decode_cursor
 from loyalty_shared.testing import DatabaseFactory, RunningService, outbox_events, start_service
 
 _phones = itertools.count(13600000001)
@@ -207,7 +208,9 @@ async def test_an_email_shared_by_members_pages_like_any_list(member):
     ids = sorted([(await sign_up(member, email=shared))["member_id"] for _ in range(3)])
     first = (await member.client.get("/v1/members", params={"email": shared, "limit": 2})).json()
     assert [m["member_id"] for m in first["items"]] == ids[:2]
-    assert first["next_cursor"] == ids[1]
+    assert decode_cursor(first["next_cursor"], 1) == (ids[1],)  # after the page's last member
+    bare = await member.client.get("/v1/members", params={"email": shared, "cursor": ids[1]})
+    assert bare.status_code == 422 and bare.json()["errors"][0]["loc"] == ["query", "cursor"]
     rest = (
         await member.client.get(
             "/v1/members", params={"email": shared, "limit": 2, "cursor": first["next_cursor"]}

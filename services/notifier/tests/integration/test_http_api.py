@@ -214,6 +214,45 @@ async def test_deliveries_and_inbox_page_newest_first(notifier: Harness):
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
+async def test_deliveries_and_inbox_refuse_cursors_they_did_not_hand_out(notifier: Harness):
+    """Contract §3: a cursor the service did not hand out is a 422, never a first page."""
+    notifier.use({})
+    member = notifier.members.add(new_member(), email=None, phone=None, wechat=None, push=None)
+    for i in range(3):
+        await notifier.deliver(delivered(member, f"o-cursor-{i}"))
+    await notifier.run_job("dispatch", T0 + timedelta(seconds=1))
+    lists = {
+        "/v1/deliveries": {"member_id": member},
+        f"/v1/members/{member}/inbox": {},
+    }
+    for url, params in lists.items():
+        everything = (await notifier.client.get(url, params={**params, "limit": 500})).json()
+        seen, cursor = [], None
+        while True:
+            query = {**params, "limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = await notifier.client.get(url, params=query)
+            assert page.status_code == 200, page.text
+            seen += page.json()["items"]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == everything["items"] and len(seen) >= 3
+        newest = everything["items"][0]
+        # the ids these lists once took as cursors, garbage, and an edited cursor
+        first = (await notifier.client.get(url, params={**params, "limit": 1})).json()
+        for foreign in (
+            newest.get("delivery_id") or newest["message_id"],
+            "zzzzzzzzzzzzzzzzzzzzzzzzzz",
+            "%%%",
+            first["next_cursor"][:-2],
+        ):
+            response = await notifier.client.get(url, params={**params, "cursor": foreign})
+            assert response.status_code == 422, (url, foreign, response.text)
+            body = response.json()
+            assert body["code"] == "validation_error"
+            assert [e["loc"] for e in body["errors"]] == [["query", "cursor"]]
+
+
 async def test_template_texts_are_stored_verbatim(notifier: Harness):
     url = "/v1/templates/member.winback/email/en"
     for text in ["'; DROP TABLE templates; --", "🎉 欢迎回来 שלום مرحبا", 'a"\\`$1%s']:

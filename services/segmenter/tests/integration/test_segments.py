@@ -3,6 +3,7 @@ the job; the SQL compiler agrees with the Python evaluator, and `not` partitions
 
 from __future__ import annotations
 
+import base64
 import random
 from datetime import timedelta
 
@@ -202,6 +203,16 @@ async def test_members_paging_covers_everyone_once(segmenter):
         assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
         bad = await segmenter.client.get("/v1/segments/paging/members", params={"cursor": cursor})
         assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
+    # well-formed base64 of a member id or a code, and an edited cursor: not handed out either
+    url = "/v1/segments/paging/members"
+    handed = (await segmenter.client.get(url, params={"limit": 1})).json()
+    assert handed["next_cursor"]
+    forged = base64.urlsafe_b64encode(members[0].encode()).decode().rstrip("=")
+    for cursor in (forged, "cGFnaW5n", "zzzz", handed["next_cursor"][:-2]):
+        for path in ("/v1/segments", url):
+            bad = await segmenter.client.get(path, params={"cursor": cursor})
+            assert bad.status_code == 422, (path, cursor, bad.text)
+            assert bad.json()["errors"][0]["loc"] == ["query", "cursor"]
     assert (await segmenter.client.get("/v1/segments/nope/members")).status_code == 404
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from loyalty_shared import api_types
 from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -20,7 +21,6 @@ router = APIRouter(prefix="/v1", tags=["templates and campaigns"])
 CODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 CodePath = Annotated[str, Path(max_length=64)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=200)]
 _BIG = 10**12
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query
 from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Principal, Scope, require_scope
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -55,7 +56,7 @@ async def get_wallet(
     runtime: RuntimeDep,
     status: Literal["issued", "redeemed", "expired"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
 ) -> dict[str, Any]:
     items, next_cursor = await wallet.wallet(runtime, member_id, status, limit, cursor)
     return {"items": items, "next_cursor": next_cursor}

@@ -6,6 +6,7 @@ from dataclasses import asdict
 from typing import Any
 
 from loyalty_shared.errors import Conflict, NotFound, ProblemError
+from loyalty_shared.paging import cursor_after, encode_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -67,12 +68,12 @@ async def list_templates(
     runtime: Runtime, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     query = select(coupon_templates).order_by(coupon_templates.c.code).limit(limit + 1)
-    if cursor:
-        query = query.where(coupon_templates.c.code > cursor)
+    if after := cursor_after(cursor, 1):  # the last code of the page before
+        query = query.where(coupon_templates.c.code > after[0])
     async with runtime.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     items = [template_view(template_from_row(r), r.issued_count) for r in rows[:limit]]
-    return items, (rows[limit - 1].code if len(rows) > limit else None)
+    return items, (encode_cursor(rows[limit - 1].code) if len(rows) > limit else None)
 
 
 def campaign_view(row: Any) -> dict[str, Any]:
@@ -174,12 +175,12 @@ async def list_campaigns(
     runtime: Runtime, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     query = select(campaigns).order_by(campaigns.c.code).limit(limit + 1)
-    if cursor:
-        query = query.where(campaigns.c.code > cursor)
+    if after := cursor_after(cursor, 1):  # the last code of the page before
+        query = query.where(campaigns.c.code > after[0])
     async with runtime.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     return [campaign_view(r) for r in rows[:limit]], (
-        rows[limit - 1].code if len(rows) > limit else None
+        encode_cursor(rows[limit - 1].code) if len(rows) > limit else None
     )
 
 

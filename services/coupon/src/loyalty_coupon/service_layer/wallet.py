@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any
 
 from loyalty_shared.errors import Conflict, NotFound, ProblemError
 from loyalty_shared.ids import monotonic_ulid
 from loyalty_shared.kafka import add_to_outbox
+from loyalty_shared.paging import decode_cursor, encode_cursor, invalid_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -49,20 +49,15 @@ def coupon_view(row: Any, now: datetime) -> dict[str, Any]:
 
 
 def _encode_cursor(at: datetime, code: str) -> str:
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{code}".encode()).decode()
+    return encode_cursor(at.isoformat(), code)
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    at, code = decode_cursor(cursor, 2)
     try:
-        at, code = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         return datetime.fromisoformat(at), code
-    except Exception as exc:
-        raise ProblemError(
-            422,
-            "validation_error",
-            "the cursor is not one this service gave",
-            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
-        ) from exc
+    except ValueError:
+        raise invalid_cursor() from None
 
 
 _WITH_TEMPLATE = coupons.join(coupon_templates, coupons.c.template_code == coupon_templates.c.code)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from loyalty_shared.auth import Scope
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel
 
@@ -40,7 +41,7 @@ async def list_birthdays(
     on: Annotated[str, Query(max_length=5, description="the day, MM-DD")],
     year: Annotated[int | None, Query(ge=1, le=9999)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
 ) -> BirthdayList:
     page = await birthdays_on(runtime, on, year=year, limit=limit, cursor=cursor)
     return BirthdayList(

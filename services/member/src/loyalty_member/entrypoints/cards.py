@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from loyalty_shared.api_types import AwareDatetime, RequestModel
 from loyalty_shared.auth import Scope
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -174,7 +175,6 @@ class BatchCardPage(BaseModel):
 
 
 Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=64)]
 
 # ---------------------------------------------------------------------------------------------
 # Card plans

@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 from loyalty_shared.api_types import AwareDatetime, RequestModel
 from loyalty_shared.auth import Scope
+from loyalty_shared.paging import Cursor, cursor_after, invalid_cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..service_layer.checkins import CheckIn, check_in, invalid, list_checkins
+from ..service_layer.checkins import CheckIn, check_in, list_checkins
 
 router = APIRouter(prefix="/v1", tags=["checkins"])
 
@@ -89,13 +90,13 @@ async def get_check_ins(
     member_id: str,
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Cursor = None,
 ) -> CheckInPage:
     before = None
-    if cursor is not None:
+    if after := cursor_after(cursor, 1):  # the last day of the page before
         try:
-            before = dt.date.fromisoformat(cursor)
-        except ValueError as exc:
-            raise invalid(["query", "cursor"], "not a cursor from this list") from exc
+            before = dt.date.fromisoformat(after[0])
+        except ValueError:
+            raise invalid_cursor() from None
     page = await list_checkins(runtime, member_id, limit=limit, before=before)
     return CheckInPage(**{**page, "items": [_public(row) for row in page["items"]]})

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Self
 from fastapi import APIRouter, Query
 from loyalty_shared.api_types import AwareDatetime, RequestModel
 from loyalty_shared.auth import Scope
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,7 +31,6 @@ ComplaintCategory = Literal["product", "service", "delivery", "payment", "loyalt
 RecommendLevel = Literal["very_likely", "possible", "unlikely"]
 Id = Annotated[str, Field(min_length=1, max_length=32)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=64)]
 
 _BUSINESS_TIME = (
     "when it happened (default: now); the past is fine, more than 5 minutes ahead is refused"

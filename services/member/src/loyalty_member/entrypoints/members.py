@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from loyalty_shared.api_types import Date, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.errors import NotFound, Unprocessable
+from loyalty_shared.paging import Cursor, cursor_after, encode_cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
@@ -151,7 +152,7 @@ async def lookup_members(
     card_no: Annotated[str | None, Query(max_length=32)] = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=32)] = None,
+    cursor: Cursor = None,
 ) -> MemberList:
     given = [name for name, v in (("phone", phone), ("card_no", card_no), ("email", email)) if v]
     if len(given) != 1:
@@ -163,13 +164,20 @@ async def lookup_members(
                 for n in (given or ["phone", "card_no", "email"])
             ],
         )
+    after = cursor_after(cursor, 1)  # the last member_id of the page before
     rows = await find_members(
-        runtime, phone=phone, card_no=card_no, email=email, limit=limit + 1, after=cursor
+        runtime,
+        phone=phone,
+        card_no=card_no,
+        email=email,
+        limit=limit + 1,
+        after=after[0] if after else None,
     )
     more = len(rows) > limit  # lists page like every list of the contract (§3)
     rows = rows[:limit]
     return MemberList(
-        items=[MemberPublic(**r) for r in rows], next_cursor=rows[-1]["member_id"] if more else None
+        items=[MemberPublic(**r) for r in rows],
+        next_cursor=encode_cursor(rows[-1]["member_id"]) if more else None,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from loyalty_shared.api_types import AwareDatetime, RequestModel
 from loyalty_shared.auth import Scope
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import (
     AfterValidator,
@@ -284,7 +285,7 @@ async def read_member_orders(
     member_id: str,
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Cursor = None,
 ) -> OrderList:
     page = await list_member_orders(runtime, member_id, limit=limit, cursor=cursor)
     return OrderList(items=[OrderPublic.of(o) for o in page.items], next_cursor=page.next_cursor)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from loyalty_shared.errors import Unprocessable
+from loyalty_shared.paging import cursor_after, encode_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import extract, select
 
@@ -27,7 +28,6 @@ BIRTH_MONTH = extract("month", members.c.birthday)
 BIRTH_DAY = extract("day", members.c.birthday)
 
 _MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")
-_CURSOR = re.compile(r"^[0-9A-Za-z]{1,32}$")  # the last member_id of the previous page
 
 
 @dataclass(frozen=True)
@@ -80,18 +80,17 @@ async def birthdays_on(
         raise _invalid(
             "on", f"{year} has no 29 February; its 29 February birthdays are listed on 02-28"
         )
-    if cursor is not None and not _CURSOR.match(cursor):
-        raise _invalid("cursor", "not a cursor this endpoint gave out")
+    after = cursor_after(cursor, 1)  # the last member_id of the page before
     query = select(members.c.member_id, members.c.timezone).where(
         members.c.birthday.is_not(None),
         members.c.erased_at.is_(None),
         BIRTH_MONTH == month,
         BIRTH_DAY.in_(birth_days_listed(month, day, year)),
     )
-    if cursor is not None:
-        query = query.where(members.c.member_id > cursor)
+    if after is not None:
+        query = query.where(members.c.member_id > after[0])
     async with runtime.engine.connect() as conn:
         rows = (await conn.execute(query.order_by(members.c.member_id).limit(limit + 1))).all()
     items = [{"member_id": r.member_id, "timezone": r.timezone} for r in rows[:limit]]
-    next_cursor = items[-1]["member_id"] if len(rows) > limit else None
+    next_cursor = encode_cursor(items[-1]["member_id"]) if len(rows) > limit else None
     return BirthdayPage(items=items, next_cursor=next_cursor)

@@ -8,6 +8,7 @@ from typing import Any
 
 from loyalty_shared.errors import Conflict, NotFound, Unprocessable
 from loyalty_shared.events.members import CardBenefits, MemberCardIssued
+from loyalty_shared.paging import cursor_after, encode_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -112,12 +113,12 @@ async def list_plans(
     query = select(card_plans).order_by(card_plans.c.code).limit(limit + 1)
     if kind:
         query = query.where(card_plans.c.kind == kind)
-    if cursor:
-        query = query.where(card_plans.c.code > cursor)
+    if after := cursor_after(cursor, 1):  # the last code of the page before
+        query = query.where(card_plans.c.code > after[0])
     async with runtime.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     page = [plan_view(r) for r in rows[:limit]]
-    return page, (page[-1]["code"] if len(rows) > limit else None)
+    return page, (encode_cursor(page[-1]["code"]) if len(rows) > limit else None)
 
 
 async def get_plan(runtime: Runtime, code: str) -> dict[str, Any]:
@@ -520,8 +521,8 @@ async def batch_cards(
         query = query.where(cards.c.member_id.is_not(None))
     elif status == "unbound":
         query = query.where(cards.c.member_id.is_(None))
-    if cursor:
-        query = query.where(cards.c.card_no > cursor)
+    if after := cursor_after(cursor, 1):  # the last card number of the page before
+        query = query.where(cards.c.card_no > after[0])
     async with runtime.engine.connect() as conn:
         exists = await conn.scalar(
             select(card_batches.c.batch_id).where(card_batches.c.batch_id == batch_id)
@@ -533,7 +534,7 @@ async def batch_cards(
         {"card_no": r.card_no, "member_id": r.member_id, "bound_at": r.issued_at}
         for r in rows[:limit]
     ]
-    return items, (items[-1]["card_no"] if len(rows) > limit else None)
+    return items, (encode_cursor(items[-1]["card_no"]) if len(rows) > limit else None)
 
 
 def normalise_card_no(raw: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from loyalty_shared.errors import Conflict, NotFound, Unprocessable
 from loyalty_shared.events.members import MemberCheckedIn
+from loyalty_shared.paging import encode_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -160,7 +161,7 @@ async def list_checkins(
     rows = rows[:limit]
     return {
         "items": rows,
-        "next_cursor": rows[-1]["local_date"].isoformat() if more and rows else None,
+        "next_cursor": encode_cursor(rows[-1]["local_date"].isoformat()) if more and rows else None,
         "streak_days": current_streak(today, run),
         "today": today,
         "checked_in_today": today in run,

@@ -13,6 +13,7 @@ from loyalty_shared.events.members import (
     MemberComplaintStatusChanged,
     MemberSurveyAnswered,
 )
+from loyalty_shared.paging import cursor_after, encode_cursor, invalid_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import and_, not_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -136,8 +137,8 @@ async def list_surveys(
     async with runtime.engine.connect() as conn:
         await live_member(conn, member_id, erased_ok=True)
         query = select(survey_answers).where(survey_answers.c.member_id == member_id)
-        if cursor is not None:
-            query = query.where(survey_answers.c.seq < _position(cursor))
+        if (before := _position(cursor)) is not None:
+            query = query.where(survey_answers.c.seq < before)
         query = query.order_by(survey_answers.c.seq.desc()).limit(limit + 1)
         rows = [survey_view(dict(r._mapping)) for r in await conn.execute(query)]
     return _page(rows, limit)
@@ -360,8 +361,8 @@ async def list_complaints(
         query = query.where(complaints.c.status == status)
     if member_id is not None:
         query = query.where(complaints.c.member_id == member_id)
-    if cursor is not None:
-        query = query.where(complaints.c.seq < _position(cursor))
+    if (before := _position(cursor)) is not None:
+        query = query.where(complaints.c.seq < before)
     query = query.order_by(complaints.c.seq.desc()).limit(limit + 1)
     async with runtime.engine.connect() as conn:
         rows = [ticket_view(dict(r._mapping), now) for r in await conn.execute(query)]
@@ -392,17 +393,22 @@ async def erase_feedback_text(conn: AsyncConnection, member_id: str) -> None:
     )
 
 
-def _position(cursor: str) -> int:
-    """Lists are ordered by insertion (`seq`), newest first; a cursor is the last seq seen."""
-    if not cursor.isdigit() or len(cursor) > 18:
-        raise invalid(["query", "cursor"], "not a cursor from this list")
-    return int(cursor)
+def _position(cursor: str | None) -> int | None:
+    """Lists are ordered by insertion (`seq`), newest first; a cursor is the last seq seen
+    (the shared codec: a cursor the list did not hand out is a 422)."""
+    after = cursor_after(cursor, 1)
+    if after is None:
+        return None
+    if not after[0].isdigit() or len(after[0]) > 18:
+        raise invalid_cursor()
+    return int(after[0])
 
 
 def _page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
     more = len(rows) > limit
     rows = rows[:limit]
-    return {"items": rows, "next_cursor": str(rows[-1]["seq"]) if more and rows else None}
+    last = encode_cursor(str(rows[-1]["seq"])) if more and rows else None
+    return {"items": rows, "next_cursor": last}
 
 
 __all__ = [

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from loyalty_shared.auth import Scope
 from loyalty_shared.errors import NotFound
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, Field
 
@@ -16,7 +17,6 @@ from ..service_layer.deliveries import delivery_page, inbox_page, mark_read, one
 router = APIRouter(prefix="/v1", tags=["deliveries"])
 
 Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=64)]
 Status = Literal["queued", "deferred", "sent", "failed", "suppressed"]
 
 

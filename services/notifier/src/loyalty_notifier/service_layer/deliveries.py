@@ -15,6 +15,7 @@ from loyalty_shared.events.notifications import (
 )
 from loyalty_shared.ids import monotonic_ulid
 from loyalty_shared.kafka import add_to_outbox
+from loyalty_shared.paging import cursor_after, encode_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -147,14 +148,21 @@ async def delivery_page(
         "member": member_id,
         "event": event_id,
         "status": status,
-        "cursor": cursor,
+        "cursor": _after(cursor),
         "n": limit + 1,
     }
     async with runtime.engine.connect() as conn:
         rows = [dict(r._mapping) for r in await conn.execute(text(sql), params)]
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, (rows[-1]["delivery_id"] if more and rows else None)
+    return rows, (encode_cursor(rows[-1]["delivery_id"]) if more and rows else None)
+
+
+def _after(cursor: str | None) -> str | None:
+    """The id a page continues after (newest first): a cursor these lists handed out, else
+    422 (one shared codec, contract §3)."""
+    after = cursor_after(cursor, 1)
+    return after[0] if after else None
 
 
 async def one_delivery(runtime: Runtime, delivery_id: str) -> dict[str, Any] | None:
@@ -182,12 +190,12 @@ async def inbox_page(
         rows = [
             dict(r._mapping)
             for r in await conn.execute(
-                text(sql), {"m": member_id, "cursor": cursor, "n": limit + 1}
+                text(sql), {"m": member_id, "cursor": _after(cursor), "n": limit + 1}
             )
         ]
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, (rows[-1]["message_id"] if more and rows else None)
+    return rows, (encode_cursor(rows[-1]["message_id"]) if more and rows else None)
 
 
 async def mark_read(runtime: Runtime, member_id: str, message_id: str) -> dict[str, Any] | None:

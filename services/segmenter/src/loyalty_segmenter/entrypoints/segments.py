@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,7 +86,6 @@ class SegmentMemberPage(BaseModel):
 
 CodePath = Annotated[str, Path(max_length=64)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Cursor = Annotated[str | None, Query(max_length=200)]
 
 
 @router.get(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from loyalty_shared.errors import Conflict, NotFound, ProblemError
+from loyalty_shared.paging import cursor_after, encode_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -29,23 +29,11 @@ def validated_rule(raw: Any) -> Rule:
         ) from exc
 
 
-def encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> str | None:
-    if not cursor:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except ValueError as exc:  # binascii.Error, UnicodeDecodeError, or not ASCII at all
-        raise ProblemError(
-            422,
-            "validation_error",
-            "the cursor is not one this service handed out",
-            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
-        ) from exc
+def _after(cursor: str | None) -> str | None:
+    """The code or member_id a page continues after: a cursor these lists handed out (the
+    shared codec), else 422."""
+    after = cursor_after(cursor, 1)
+    return after[0] if after else None
 
 
 async def _members_count(conn: AsyncConnection, code: str) -> int:
@@ -137,7 +125,7 @@ async def get_segment(runtime: Runtime, code: str) -> dict[str, Any]:
 async def list_segments(
     runtime: Runtime, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after = decode_cursor(cursor)
+    after = _after(cursor)
     query = select(segments).order_by(segments.c.code).limit(limit + 1)
     if after is not None:
         query = query.where(segments.c.code > after)
@@ -176,7 +164,7 @@ async def preview(runtime: Runtime, raw_rule: Any) -> dict[str, Any]:
 async def members_page(
     runtime: Runtime, code: str, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after = decode_cursor(cursor)
+    after = _after(cursor)
     query = (
         select(
             segment_members.c.member_id,
