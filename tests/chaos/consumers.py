@@ -871,7 +871,10 @@ class SegmenterConsumer(Consumer):
                 "FROM profile_orders",
             )
         )
-        points = sorted(tuple(r) for r in await _rows(conn, "SELECT * FROM points_daily"))
+        points = sorted(
+            tuple(r)
+            for r in await _rows(conn, "SELECT occurred_at, kind, points FROM points_movements")
+        )
         coupons = sorted(tuple(r) for r in await _rows(conn, "SELECT * FROM coupon_facts"))
         holdouts = sorted(tuple(r) for r in await _rows(conn, "SELECT * FROM campaign_holdouts"))
         members = sorted(
@@ -881,7 +884,7 @@ class SegmenterConsumer(Consumer):
         return {
             "profiles": profiles,
             "profile_orders": orders,
-            "points_daily": points,
+            "points_movements": points,
             "coupon_facts": coupons,
             "campaign_holdouts": holdouts,
             "segment_members": members,

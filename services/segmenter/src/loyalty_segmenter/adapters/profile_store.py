@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..domain.churn import RECENT_DAYS, YEAR_DAYS
 from ..domain.lifecycle import DAY
 from ..domain.profile import OrderFact, Profile, WindowFigures
-from .tables import points_daily, profile_orders, profiles
+from .tables import points_movements, profile_orders, profiles
 
 _PROFILE_FIELDS = [c.name for c in profiles.columns if c.name not in ("created_at", "updated_at")]
 _JSON_FIELDS = {"category_spend", "preference_tags", "churn_reasons", "churn_inputs"}
@@ -109,7 +109,7 @@ class ProfileBatch:
         self.profiles: dict[str, Profile] = {}
         self.orders: dict[str, OrderFact] = {}
         self._changed_orders: set[str] = set()
-        self._points: dict[tuple[Any, str], list[int]] = {}
+        self._points: dict[str, dict[str, Any]] = {}  # movements by event id
 
     # --- loading ------------------------------------------------------------------------
 
@@ -155,10 +155,12 @@ class ProfileBatch:
         self.orders[fact.order_id] = fact
         self._changed_orders.add(fact.order_id)
 
-    def points_moved(self, day: Any, kind: str, points: int) -> None:
-        tally = self._points.setdefault((day, kind), [0, 0])
-        tally[0] += points
-        tally[1] += 1
+    def points_moved(self, event_id: str, occurred_at: datetime, kind: str, points: int) -> None:
+        """One points event's movement, at the event's own instant."""
+        self._points.setdefault(
+            event_id,
+            {"event_id": event_id, "occurred_at": occurred_at, "kind": kind, "points": points},
+        )
 
     async def rescan(self, as_of: datetime) -> int:
         """Recompute from facts the profiles whose counters cannot be updated in place."""
@@ -216,16 +218,9 @@ class ProfileBatch:
         if self._points:
             await insert_many(
                 self.conn,
-                points_daily,
-                [
-                    {"day": day, "kind": kind, "points": tally[0], "events": tally[1]}
-                    for (day, kind), tally in sorted(self._points.items())
-                ],
-                on_conflict=(
-                    "ON CONFLICT (day, kind) DO UPDATE SET "
-                    "points = points_daily.points + EXCLUDED.points, "
-                    "events = points_daily.events + EXCLUDED.events"
-                ),
+                points_movements,
+                [self._points[event_id] for event_id in sorted(self._points)],
+                on_conflict="ON CONFLICT (event_id) DO NOTHING",
             )
             self._points.clear()
 

@@ -6,7 +6,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    Date,
     DateTime,
     Float,
     Integer,
@@ -77,14 +76,16 @@ profile_orders = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-# Points movements per UTC day and kind, from points.* events (points liability analytics).
-points_daily = Table(
-    "points_daily",
+# Points movements, one per points.* event at the event's own instant (points liability
+# analytics count those in [start, end)); movements from before migration 0005 are one per UTC
+# day and kind, at the day's 00:00.
+points_movements = Table(
+    "points_movements",
     metadata,
-    Column("day", Date, primary_key=True),
-    Column("kind", String(32), primary_key=True),
+    Column("event_id", String(64), primary_key=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),
     Column("points", BigInteger, nullable=False),
-    Column("events", Integer, nullable=False),
 )
 
 coupon_facts = Table(

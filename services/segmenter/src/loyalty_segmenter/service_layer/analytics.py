@@ -1,8 +1,11 @@
 """Programme analytics over the facts the segmenter keeps (orders, profiles, points, coupons).
 
-Every answer states its period and the definitions it used. A "customer" at an instant t is a
-member with a counted paid order (not cancelled, not fully refunded) in the `active_days` before
-t (default 360, the edge of `lost`); refunds and cancels count as of now, not as of t.
+Every answer states its period and the definitions it used. A period is the half-open interval
+of instants [start, end) (contract §8): what happened at `start` counts, what happened at `end`
+does not, and the last day counts up to `end`, whatever the hour. A "customer" at an instant t
+is a member with a counted paid order (not cancelled, not fully refunded) in the `active_days`
+before t, [t - active_days, t) (default 360, the edge of `lost`); refunds and cancels count as
+of now, not as of t.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ _BASE = text(
     ), o AS (
         SELECT member_id, occurred_at FROM profile_orders WHERE member_id IS NOT NULL AND counted
     ), s AS (
-        SELECT DISTINCT member_id FROM o, p WHERE occurred_at > t0 - w AND occurred_at <= t0
+        SELECT DISTINCT member_id FROM o, p WHERE occurred_at >= t0 - w AND occurred_at < t0
     ), e AS (
-        SELECT DISTINCT member_id FROM o, p WHERE occurred_at > t1 - w AND occurred_at <= t1
+        SELECT DISTINCT member_id FROM o, p WHERE occurred_at >= t1 - w AND occurred_at < t1
     ), gained AS (
         SELECT member_id FROM e EXCEPT SELECT member_id FROM s
     ), firsts AS (
@@ -39,7 +42,7 @@ _BASE = text(
     )
     SELECT (SELECT count(*) FROM s) AS s, (SELECT count(*) FROM e) AS e,
            (SELECT count(*) FROM gained) AS gained,
-           (SELECT count(*) FROM firsts, p WHERE first_at > t0 AND first_at <= t1) AS new
+           (SELECT count(*) FROM firsts, p WHERE first_at >= t0 AND first_at < t1) AS new
     """
 )
 
@@ -243,11 +246,11 @@ async def points_liability(runtime: Runtime, start: datetime, end: datetime) -> 
             row.kind: int(row.points)
             for row in await conn.execute(
                 text(
-                    "SELECT kind, sum(points) AS points FROM points_daily "
-                    "WHERE day >= CAST(:start_day AS date) AND day < CAST(:end_day AS date) "
-                    "GROUP BY kind"
+                    "SELECT kind, sum(points) AS points FROM points_movements "
+                    "WHERE occurred_at >= CAST(:start AS timestamptz) "
+                    "AND occurred_at < CAST(:end AS timestamptz) GROUP BY kind"
                 ),
-                {"start_day": start.date(), "end_day": end.date()},
+                {"start": start, "end": end},
             )
         }
     kinds = (
@@ -276,8 +279,8 @@ async def points_liability(runtime: Runtime, start: datetime, end: datetime) -> 
         "definitions": {
             "outstanding": "now: the sum of members' balances after their last points event "
             "(positive available plus pending); the programme's liability in points",
-            "movements": "points per kind of points event in the period (UTC days of the "
-            "events' own times); adjusted is signed",
+            "movements": "points per kind of points event whose own time lies in the period "
+            "[start, end); adjusted is signed",
             "redemption_rate": "(debited - reversed_redeem) / (credited - reversed_earn) x 100",
         },
         "limitations": [

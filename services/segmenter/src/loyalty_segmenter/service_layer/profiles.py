@@ -9,7 +9,7 @@ facts, memberships and the `loyalty.segments` events together.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -161,8 +161,7 @@ def apply_event(batch: ProfileBatch, event: Event[Any], now: datetime) -> None:
     elif event.type in POINTS_TYPES:
         profile.points_available = data.available_after
         profile.points_pending = data.pending_after
-        day = data.occurred_at.astimezone(UTC).date()
-        batch.points_moved(day, _points_kind(event), _signed_points(event))
+        batch.points_moved(event.id, data.occurred_at, _points_kind(event), _signed_points(event))
 
 
 def handlers(runtime: Runtime) -> Handlers:
