@@ -504,6 +504,82 @@ async def test_a_referred_members_first_paid_order_qualifies_the_referral_once(c
     assert len(await events(member, referrer["member_id"], "member.referral_qualified")) == 1
 
 
+async def qualifying_orders(member: RunningService, referrer_id: str) -> list[str]:
+    """The order each `member.referral_qualified` of a referrer names, in order."""
+    found = await events(member, referrer_id, "member.referral_qualified")
+    return [e["data"]["order_id"] for e in found]
+
+
+async def test_a_cancelled_qualifying_order_reopens_the_referral_for_the_next_paid_order(
+    client, member
+):
+    referrer = await sign_up(client)
+    referrer_id = referrer["member_id"]
+    referred = (await sign_up(client, referral_code=referrer["referral_code"]))["member_id"]
+    first = await post_order(client, member_id=referred)
+    other = await post_order(client, member_id=referred)
+    assert await qualifying_orders(member, referrer_id) == [first["order_id"]]
+
+    # cancelling another order changes nothing
+    await set_status(client, other["order_id"], "cancelled")
+    await post_order(client, member_id=referred)
+    assert await qualifying_orders(member, referrer_id) == [first["order_id"]]
+
+    # cancelling the qualifying order (after payment) reopens the referral, silently
+    await set_status(client, first["order_id"], "cancelled")
+    assert await qualifying_orders(member, referrer_id) == [first["order_id"]]
+    placed = await post_order(client, member_id=referred, status="placed")
+    assert await qualifying_orders(member, referrer_id) == [first["order_id"]]
+    paid = await set_status(client, placed["order_id"], "paid")
+    [_, again] = await events(member, referrer_id, "member.referral_qualified")
+    assert again["subject"] == referrer_id
+    assert again["data"]["member_id"] == referrer_id
+    assert again["data"]["referred_member_id"] == referred
+    assert again["data"]["order_id"] == placed["order_id"]
+    assert again["data"]["occurred_at"] == paid["paid_at"]
+
+    # the same cancellation again is a no-op: the new qualifying order stands
+    await set_status(client, first["order_id"], "cancelled", expected=200)
+    await post_order(client, member_id=referred)
+    assert await qualifying_orders(member, referrer_id) == [
+        first["order_id"],
+        placed["order_id"],
+    ]
+
+
+async def test_a_refund_in_full_reopens_the_referral_and_a_partial_one_does_not(client, member):
+    referrer = await sign_up(client)
+    referrer_id = referrer["member_id"]
+    referred = (await sign_up(client, referral_code=referrer["referral_code"]))["member_id"]
+    first = await post_order(client, member_id=referred, paid_minor=1000)
+
+    # a partial refund keeps the referral qualified
+    assert (await refund(client, first["order_id"], 300)).status_code == 202
+    await post_order(client, member_id=referred)
+    assert await qualifying_orders(member, referrer_id) == [first["order_id"]]
+
+    # the refund that completes a full refund (over several refunds) reopens it
+    assert (await refund(client, first["order_id"], 700)).status_code == 202
+    second = await post_order(client, member_id=referred, paid_minor=2000)
+    assert await qualifying_orders(member, referrer_id) == [
+        first["order_id"],
+        second["order_id"],
+    ]
+
+    # a full refund in one refund too
+    assert (await refund(client, second["order_id"], 2000)).status_code == 202
+    third = await post_order(client, member_id=referred)
+    qualified = [first["order_id"], second["order_id"], third["order_id"]]
+    assert await qualifying_orders(member, referrer_id) == qualified
+
+    # a full refund or a cancellation of an order that no longer qualifies changes nothing
+    await set_status(client, first["order_id"], "cancelled")
+    fourth = await post_order(client, member_id=referred, paid_minor=500)
+    assert (await refund(client, fourth["order_id"], 500)).status_code == 202
+    await post_order(client, member_id=referred)
+    assert await qualifying_orders(member, referrer_id) == qualified
+
+
 # ---------------------------------------------------------------------------------------------
 # POST /v1/orders/{order_id}/status
 # ---------------------------------------------------------------------------------------------

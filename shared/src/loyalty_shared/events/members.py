@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from datetime import datetime
-from typing import Literal, Self
+from typing import Final, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -267,6 +267,60 @@ class MemberTierChanged(EventData):
         default=None, description="the order that lifted the member (upgrades only)"
     )
     occurred_at: AwareDatetime
+
+
+# The message key (and only the key: there is no member, so no subject) of every
+# `member.tier_ladder_changed`: one fixed key keeps all ladder changes in order on one partition.
+TIER_LADDER_KEY: Final = "tier-ladder"
+
+
+class LadderTier(BaseModel):
+    """One tier of the ladder, as `member.tier_ladder_changed` carries it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    code: str = Field(description="the tier code members hold (`member.tier_changed.new_tier`)")
+    label: str = Field(description="the tier's display name, e.g. Gold")
+    points_multiplier: float = Field(ge=0, description="purchase points multiplier of the tier")
+
+
+@event_type("member.tier_ladder_changed", topic=MEMBERS)
+class MemberTierLadderChanged(EventData):
+    """The tier ladder was set: the whole ladder as it stands now, lowest tier first.
+
+    Emitted by `PUT /v1/tiers` in the transaction that sets the ladder, once per accepted PUT
+    (an unchanged ladder is announced again), so the latest one is the ladder. It names no
+    member: its message key is the fixed `tier-ladder` and its subject is empty, which keeps
+    every ladder change in order on one partition."""
+
+    model_config = ConfigDict(
+        **EventData.model_config,
+        json_schema_extra={
+            "examples": [
+                {
+                    "tiers": [
+                        {"code": "bronze", "label": "Bronze", "points_multiplier": 1.0},
+                        {"code": "silver", "label": "Silver", "points_multiplier": 1.2},
+                        {"code": "gold", "label": "Gold", "points_multiplier": 1.5},
+                    ],
+                    "metric": "spend_365d",
+                    "occurred_at": "2026-12-01T02:00:00Z",
+                }
+            ]
+        },
+    )
+
+    tiers: list[LadderTier] = Field(
+        min_length=1, description="every tier of the ladder in ladder order, the lowest first"
+    )
+    metric: TierMetric | None = Field(
+        default=None,
+        description=(
+            "what the ladder measures: spend_365d (minor units), lifetime_points (points "
+            "earned, net of reversals) or order_count_365d (paid orders)"
+        ),
+    )
+    occurred_at: AwareDatetime = Field(description="when the ladder was set")
 
 
 @event_type("member.referral_qualified", topic=MEMBERS)

@@ -41,6 +41,9 @@ members = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("erased_at", DateTime(timezone=True)),
     Column("referral_qualified_at", DateTime(timezone=True)),
+    # the paid order that qualified the referral; cleared with referral_qualified_at when that
+    # order is cancelled or refunded in full, so the next paid order qualifies it again
+    Column("referral_order_id", String(32)),
 )
 
 identities = Table(

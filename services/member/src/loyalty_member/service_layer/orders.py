@@ -1,16 +1,16 @@
 """Orders intake: record orders posted by POS terminals and shops, their status and refunds, and
 emit `order.*` events in the same transaction.
 
-Locks: a status change or refund locks the order row, then (when it pays the order) the member
-row; a new order locks its member row, then inserts itself. No writer takes an existing order's
-lock after a member's, so no two can wait for each other in a circle. Paying holds the member
-lock so that `member_tier` and `paid_order_count` are read and counted one paid order at a time.
+Locks: a status change or refund locks the order row, then (when it pays the order, cancels it
+after payment or completes its refund) the member row; a new order locks its member row, then
+inserts itself. No writer takes an existing order's lock after a member's, so no two can wait
+for each other in a circle. Paying holds the member lock so that `member_tier` and
+`paid_order_count` are read and counted one paid order at a time; a cancel or full refund
+reopens a referral by updating the member row, so a concurrent payment waits for it to commit.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +26,7 @@ from loyalty_shared.events.orders import (
     OrderRefunded,
     OrderShipped,
 )
+from loyalty_shared.paging import decode_cursor, encode_cursor, invalid_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -230,6 +231,11 @@ async def change_order_status(
                 reason=cmd.reason,
             )
             await emit(conn, "order.cancelled", data, **_routing(order), time=occurred_at)
+            if order["member_id"] is not None and order["paid_at"] is not None:
+                # a referral follows the order that qualified it (contract §5)
+                await referrals.reopen_referral(
+                    conn, member_id=order["member_id"], order_id=order["order_id"]
+                )
         return order, True
 
 
@@ -290,6 +296,11 @@ async def refund_order(runtime: Runtime, cmd: RefundOrder) -> RefundOutcome:
             total_minor=order["total_minor"],
         )
         await emit(conn, "order.refunded", data, **_routing(order), time=occurred_at)
+        if order["member_id"] is not None and refunded_total >= order["paid_minor"]:
+            # refunded in full: a referral follows the order that qualified it (contract §5)
+            await referrals.reopen_referral(
+                conn, member_id=order["member_id"], order_id=order["order_id"]
+            )
         return RefundOutcome(refund, order, created=True)
 
 
@@ -452,7 +463,8 @@ async def _lock_member(
 ) -> dict[str, Any] | None:
     """The member `where` selects, locked for this transaction; None when there is none, or
     when the member was erased (an erased member places no new orders) unless include_erased.
-    `referral_open`: someone referred the member and no paid order has qualified it yet."""
+    `referral_open`: someone referred the member and no paid order qualifies it (none has yet,
+    or the one that did was cancelled or refunded in full since)."""
     row = (
         await conn.execute(
             select(
@@ -552,22 +564,15 @@ def _problem(exc: rules.OrderRuleViolation, loc: list[str]) -> ProblemError:
 
 
 def _encode_cursor(occurred_at: datetime, order_id: str) -> str:
-    raw = f"{occurred_at.isoformat()}|{order_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor(occurred_at.isoformat(), order_id)
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    at, order_id = decode_cursor(cursor, 2)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, order_id = raw.split("|", 1)
         when = datetime.fromisoformat(at)
-        if when.tzinfo is None or not order_id:
-            raise ValueError("incomplete cursor")
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        msg = "not a cursor this endpoint gave out"
-        raise Unprocessable(
-            "validation_error",
-            f"cursor: {msg}",
-            errors=[{"loc": ["query", "cursor"], "msg": msg, "type": "value_error"}],
-        ) from exc
+    except ValueError:
+        raise invalid_cursor() from None
+    if when.tzinfo is None or not order_id:
+        raise invalid_cursor()
     return when, order_id

@@ -9,7 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from loyalty_shared.events import Event, make_event
-from loyalty_shared.events.members import MemberTierChanged
+from loyalty_shared.events.members import (
+    TIER_LADDER_KEY,
+    LadderTier,
+    MemberTierChanged,
+    MemberTierLadderChanged,
+)
 from loyalty_shared.events.points import PointsCredited, PointsReversed
 from loyalty_shared.kafka import add_to_outbox
 from loyalty_shared.service import Runtime
@@ -31,7 +36,7 @@ from ..domain.tiers import (
     window_start,
 )
 from .cards import card_issued, insert_cards, invalid
-from .events import SOURCE
+from .events import SOURCE, emit
 
 REVIEW_CHUNK = 500  # members locked and moved per transaction by tier-review
 
@@ -79,9 +84,25 @@ def _tier_plan(tier: Tier) -> dict[str, Any]:
     }
 
 
+def ladder_changed(ladder: TierLadder, *, occurred_at: datetime) -> MemberTierLadderChanged:
+    """The ladder as `member.tier_ladder_changed` carries it: codes, names and multipliers in
+    ladder order, and the metric (thresholds and benefits stay here and on the tier cards)."""
+    return MemberTierLadderChanged(
+        tiers=[
+            LadderTier(code=t.code, label=t.name, points_multiplier=t.points_multiplier)
+            for t in ladder.tiers
+        ],
+        metric=ladder.metric,
+        occurred_at=occurred_at,
+    )
+
+
 async def replace_ladder(runtime: Runtime, metric: str, tiers: Sequence[Tier]) -> dict[str, Any]:
     """Set the ladder (422 `validation_error` if it breaks a rule) and the tier plans that mirror
-    it. Moves nobody: members move on their next qualifying event (up) or tier-review (down)."""
+    it, and announce it: one `member.tier_ladder_changed` (key `tier-ladder`, no subject) with
+    the whole ladder, in the same transaction, on every accepted call (an unchanged ladder is
+    announced again, which re-syncs a consumer that missed it). Moves nobody: members move on
+    their next qualifying event (up) or tier-review (down)."""
     errors = ladder_errors(metric, tiers)
     if errors:
         raise invalid(errors)
@@ -108,6 +129,14 @@ async def replace_ladder(runtime: Runtime, metric: str, tiers: Sequence[Tier]) -
             card_plans.update()
             .where(card_plans.c.kind == "tier", card_plans.c.tier.not_in(ladder.codes))
             .values(active=False, updated_at=now)
+        )
+        await emit(
+            conn,
+            "member.tier_ladder_changed",
+            ladder_changed(ladder, occurred_at=now),
+            subject=None,
+            key=TIER_LADDER_KEY,
+            time=now,
         )
     return {"metric": ladder.metric, "tiers": ladder.to_json(), "updated_at": now}
 
