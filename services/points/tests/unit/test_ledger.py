@@ -69,7 +69,7 @@ def test_a_cancelled_redemption_gives_points_back_to_their_lots():
     lot_b = earn(account, ids, 30, at=T0, expires_at=T0 + 2 * YEAR).lot_id
     entry = account.redeem(40, entry_id=ids(), reason="gift", source=Source(), now=T0)
     taken = [p for p in account.portions if p.entry_id == entry.entry_id]
-    account.cancel_redemption(taken, entry_id=ids(), source=Source(), now=T0)
+    account.cancel_redemption(taken, entry_id=ids(), source=Source(), now=T0, new_id=ids)
     assert account.lots[lot_a].remaining == 30 and account.lots[lot_b].remaining == 30
     assert account.available == 60 and account.lifetime_redeemed == 0
 
@@ -160,6 +160,7 @@ operations = st.lists(
                 "release",
                 "grant",
                 "deduct",
+                "expire_due",
             ]
         ),
         st.integers(min_value=1, max_value=300),
@@ -189,7 +190,9 @@ def test_balances_always_equal_the_sum_of_the_entries(ops):
                 redemptions.append([p for p in account.portions if p.entry_id == entry.entry_id])
             elif name == "cancel" and redemptions:
                 taken = redemptions.pop(pick % len(redemptions))
-                account.cancel_redemption(taken, entry_id=ids(), source=Source(), now=now)
+                account.cancel_redemption(
+                    taken, entry_id=ids(), source=Source(), now=now, new_id=ids
+                )
             elif name == "reverse" and account.lots:
                 lot_id = sorted(account.lots)[pick % len(account.lots)]
                 account.reverse_earning(
@@ -205,6 +208,8 @@ def test_balances_always_equal_the_sum_of_the_entries(ops):
                 account.expire(
                     sorted(account.lots)[pick % len(account.lots)], entry_id=ids(), now=now
                 )
+            elif name == "expire_due":
+                account.expire_due(now, ids)
             elif name == "release" and account.lots:
                 account.release(
                     sorted(account.lots)[pick % len(account.lots)], entry_id=ids(), now=now

@@ -11,13 +11,20 @@ from typing import Any
 
 import orjson
 from loyalty_shared.db import insert_many
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..domain.earning import Card, Member, OrderPoints
+from ..domain.earning import Card, Member, OrderPoints, ReferralBonus
 from ..domain.ledger import Account, Lot
 from ..domain.rules import PARAMS, Rule, Rulebook, default_rules
-from .tables import POINTS_LEDGER, LedgerTables, earning_rules, order_points
+from .tables import (
+    POINTS_LEDGER,
+    LedgerTables,
+    accounts,
+    earning_rules,
+    order_points,
+    referral_bonuses,
+)
 
 _LOT_COLUMNS = [c.name for c in POINTS_LEDGER.lots.columns]
 
@@ -25,6 +32,16 @@ _LOT_COLUMNS = [c.name for c in POINTS_LEDGER.lots.columns]
 def _row(record: Any) -> dict[str, Any]:
     """A dataclass as a flat dict (dataclasses.asdict deep-copies: too slow per event)."""
     return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _card(stored: dict[str, Any]) -> Card:
+    return Card(
+        stored["multiplier"], _time(stored.get("expires_at")), _time(stored.get("valid_from"))
+    )
 
 
 def _lot(row: Any) -> Lot:
@@ -71,6 +88,9 @@ class LedgerBatch:
         self.orders: dict[str, OrderPoints] = {}
         self._known_orders: set[str] = set()
         self._member_changed: set[str] = set()
+        # referral bonuses by the referred order they follow; new and reversed ones are written
+        self.referrals: dict[str, list[ReferralBonus]] = {}
+        self._new_referrals: list[ReferralBonus] = []
 
     # --- loading ------------------------------------------------------------------------
 
@@ -114,11 +134,11 @@ class LedgerBatch:
                 tier=row.tier,
                 cards={
                     no: Card(
-                        c["multiplier"],
-                        datetime.fromisoformat(c["expires_at"]) if c.get("expires_at") else None,
+                        c["multiplier"], _time(c.get("expires_at")), _time(c.get("valid_from"))
                     )
                     for no, c in (row.cards or {}).items()
                 },
+                erased_at=row.erased_at,
             )
         if not with_lots:
             return
@@ -154,7 +174,11 @@ class LedgerBatch:
             order.multiplier = Decimal(row.multiplier)
             self.orders[row.order_id] = order
             self._known_orders.add(row.order_id)
-        lot_ids = [o.lot_id for o in self.orders.values() if o.lot_id]
+        # the lots of the batch's own members' orders (a referral names another member's order,
+        # whose state it reads, not its lot)
+        lot_ids = [
+            o.lot_id for o in self.orders.values() if o.lot_id and o.member_id in self.accounts
+        ]
         await self.load_lots(lot_ids)
 
     async def load_days(self, wanted: Iterable[tuple[str, date]]) -> None:
@@ -171,6 +195,26 @@ class LedgerBatch:
         )
         for row in rows:
             self.members[row.member_id].earned_by_day[row.local_date] = row.points
+
+    async def load_referrals(self, order_ids: Iterable[str]) -> set[str]:
+        """The referral bonuses, not yet reversed, that follow these orders; answers their
+        referrers (whose accounts the batch must then load too)."""
+        ids = sorted(set(order_ids))
+        if not ids:
+            return set()
+        rows = await self.conn.execute(
+            select(referral_bonuses).where(
+                referral_bonuses.c.order_id.in_(ids), referral_bonuses.c.reversed_at.is_(None)
+            )
+        )
+        for row in rows:
+            bonus = ReferralBonus(**{c.name: getattr(row, c.name) for c in referral_bonuses.c})
+            self.referrals.setdefault(bonus.order_id, []).append(bonus)
+        return {b.referrer_id for bonuses in self.referrals.values() for b in bonuses}
+
+    def add_referral(self, bonus: ReferralBonus) -> None:
+        self.referrals.setdefault(bonus.order_id, []).append(bonus)
+        self._new_referrals.append(bonus)
 
     def member_changed(self, member_id: str) -> None:
         self._member_changed.add(member_id)
@@ -225,6 +269,11 @@ class LedgerBatch:
                         "available_at": e.available_at,
                         "expires_at": e.expires_at,
                         "capped_points": e.capped_points,
+                        "calculation": (
+                            orjson.dumps(e.calculation.as_json()).decode()
+                            if e.calculation
+                            else None
+                        ),
                     }
                     for e in entries
                 ],
@@ -237,6 +286,7 @@ class LedgerBatch:
             await self._write_accounts(touched)
         await self._write_days()
         await self._write_orders()
+        await self._write_referrals()
         for account in changed:
             account.new_lots.clear()
             account.changed_lots.clear()
@@ -252,13 +302,14 @@ class LedgerBatch:
                 f"UPDATE {self.ledger.accounts.name} a SET available = u.available, "
                 "pending = u.pending, lifetime_earned = u.earned, "
                 "lifetime_redeemed = u.redeemed, tier = u.tier, "
-                "timezone = u.timezone, cards = u.cards, updated_at = :now "
+                "timezone = u.timezone, cards = u.cards, erased_at = u.erased_at, "
+                "updated_at = :now "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:available AS bigint[]), "
                 "CAST(:pending AS bigint[]), CAST(:earned AS bigint[]), "
                 "CAST(:redeemed AS bigint[]), CAST(:tiers AS text[]), CAST(:tzs AS text[]), "
-                "CAST(:cards AS jsonb[])) "
-                "AS u(member_id, available, pending, earned, redeemed, tier, timezone, cards) "
-                "WHERE a.member_id = u.member_id"
+                "CAST(:cards AS jsonb[]), CAST(:erased AS timestamptz[])) "
+                "AS u(member_id, available, pending, earned, redeemed, tier, timezone, cards, "
+                "erased_at) WHERE a.member_id = u.member_id"
             ),
             {
                 "now": self.now,
@@ -270,8 +321,29 @@ class LedgerBatch:
                 "tiers": [m.tier for _, m in rows],
                 "tzs": [m.timezone for _, m in rows],
                 "cards": [_cards_json(m) for _, m in rows],
+                "erased": [m.erased_at for _, m in rows],
             },
         )
+
+    async def _write_referrals(self) -> None:
+        if self._new_referrals:
+            await insert_many(self.conn, referral_bonuses, [_row(b) for b in self._new_referrals])
+        new = {id(b) for b in self._new_referrals}
+        reversed_now = [
+            b
+            for bonuses in self.referrals.values()
+            for b in bonuses
+            if b.reversed_at is not None and id(b) not in new
+        ]
+        if reversed_now:
+            await self.conn.execute(
+                text(
+                    "UPDATE referral_bonuses SET reversed_at = :at "
+                    "WHERE lot_id = ANY(CAST(:ids AS text[])) AND reversed_at IS NULL"
+                ),
+                {"at": self.now, "ids": [b.lot_id for b in reversed_now]},
+            )
+        self._new_referrals.clear()
 
     async def _write_days(self) -> None:
         pairs = [
@@ -333,6 +405,7 @@ def _cards_json(member: Member) -> str:
         {
             no: {
                 "multiplier": c.multiplier,
+                "valid_from": c.valid_from.isoformat() if c.valid_from else None,
                 "expires_at": c.expires_at.isoformat() if c.expires_at else None,
             }
             for no, c in member.cards.items()
@@ -341,25 +414,49 @@ def _cards_json(member: Member) -> str:
 
 
 async def read_account(
-    conn: AsyncConnection, member_id: str, ledger: LedgerTables = POINTS_LEDGER
+    conn: AsyncConnection, member_id: str, now: datetime, ledger: LedgerTables = POINTS_LEDGER
 ) -> dict[str, Any] | None:
-    table = ledger.accounts
-    row = (await conn.execute(select(table).where(table.c.member_id == member_id))).first()
-    return dict(row._mapping) if row else None
+    """The account as it stands at `now`: `available` leaves out what remains of lots past
+    their expiry, whether or not the `expire` job has run yet (contract §5)."""
+    table, lots = ledger.accounts, ledger.lots
+    due = (
+        select(func.coalesce(func.sum(lots.c.remaining), 0))
+        .where(
+            lots.c.member_id == member_id,
+            lots.c.state == "available",
+            lots.c.remaining > 0,
+            lots.c.expires_at <= now,
+        )
+        .scalar_subquery()
+    )
+    query = select(table, due.label("expired_unbooked")).where(table.c.member_id == member_id)
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    account = dict(row._mapping)
+    account["available"] -= int(account.pop("expired_unbooked"))
+    return account
 
 
 async def read_expiring(
     conn: AsyncConnection, member_id: str, now: datetime
 ) -> list[dict[str, Any]]:
+    """What expires when, by the member's local date."""
     rows = await conn.execute(
         text(
-            "SELECT (expires_at AT TIME ZONE 'UTC')::date AS on, sum(remaining) AS points "
-            "FROM points_lots WHERE member_id = :m AND remaining > 0 AND state = 'available' "
-            "AND expires_at > :now GROUP BY 1 ORDER BY 1"
+            "SELECT (l.expires_at AT TIME ZONE a.timezone)::date AS on, sum(l.remaining) AS points "
+            "FROM points_lots l JOIN accounts a USING (member_id) "
+            "WHERE l.member_id = :m AND l.remaining > 0 AND l.state = 'available' "
+            "AND l.expires_at > :now GROUP BY 1 ORDER BY 1"
         ),
         {"m": member_id, "now": now},
     )
     return [{"on": r.on, "points": int(r.points)} for r in rows]
+
+
+async def erased_at(conn: AsyncConnection, member_id: str) -> datetime | None:
+    """When the member was erased (member.erased), if they were."""
+    return await conn.scalar(select(accounts.c.erased_at).where(accounts.c.member_id == member_id))
 
 
 async def read_ledger(

@@ -30,8 +30,9 @@ accounts = Table(
     Column("lifetime_redeemed", BigInteger, nullable=False),
     Column("tier", String(32)),
     Column("timezone", String(64), nullable=False),
-    Column("cards", JSONB, nullable=False),  # card_no → {multiplier, expires_at}
+    Column("cards", JSONB, nullable=False),  # card_no → {multiplier, valid_from, expires_at}
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("erased_at", DateTime(timezone=True)),  # member.erased: no new money from then on
 )
 
 points_lots = Table(
@@ -71,6 +72,7 @@ ledger_entries = Table(
     Column("available_at", DateTime(timezone=True)),
     Column("expires_at", DateTime(timezone=True)),
     Column("capped_points", BigInteger, nullable=False),
+    Column("calculation", JSONB),  # an earn entry's {base_points, factors, capped_points}
 )
 
 lot_portions = Table(
@@ -105,6 +107,19 @@ order_points = Table(
     Column("lot_id", String(32)),
     Column("cancelled", Boolean, nullable=False),
     Column("steps", JSONB, nullable=False),
+)
+
+# A referral bonus and the referred member's order it follows: reversed when that order is
+# cancelled or refunded in full.
+referral_bonuses = Table(
+    "referral_bonuses",
+    metadata,
+    Column("lot_id", String(32), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("referrer_id", String(32), nullable=False),
+    Column("referred_member_id", String(32), nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("reversed_at", DateTime(timezone=True)),
 )
 
 earning_rules = Table(

@@ -7,12 +7,12 @@ Each function reads the member's account and what the points service knows of th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from .ledger import Account, Entry, Source
+from .ledger import Account, Calculation, Entry, Source
 from .rules import CheckinParams, PurchaseTerms, ReferralParams, Rulebook, SignupParams, Step
 from .rules import local_date as to_local_date
 
@@ -21,8 +21,26 @@ DEFAULT_TIMEZONE = "Asia/Shanghai"
 
 @dataclass
 class Card:
+    """A card's benefit, for orders whose business time lies in [valid_from, expires_at)."""
+
     multiplier: float
     expires_at: datetime | None
+    valid_from: datetime | None = None
+
+    def valid_at(self, at: datetime) -> bool:
+        started = self.valid_from is None or self.valid_from <= at
+        return started and (self.expires_at is None or at < self.expires_at)
+
+    def renewed(self, later: Card) -> Card:
+        """The same card issued again (renewed, replaced): one validity from the first start
+        to the last end, with the newer benefit."""
+        starts = [t for t in (self.valid_from, later.valid_from) if t is not None]
+        ends = [self.expires_at, later.expires_at]
+        return Card(
+            later.multiplier,
+            None if None in ends else max(e for e in ends if e is not None),
+            min(starts) if len(starts) == 2 else None,
+        )
 
 
 @dataclass
@@ -35,12 +53,15 @@ class Member:
     cards: dict[str, Card] = field(default_factory=dict)
     earned_by_day: dict[date, int] = field(default_factory=dict)  # counted toward the cap
     changed_days: set[date] = field(default_factory=set)
+    erased_at: datetime | None = None  # member.erased: the account takes no new money
 
     def card_multiplier(self, at: datetime) -> float:
-        valid = [
-            c.multiplier for c in self.cards.values() if c.expires_at is None or c.expires_at > at
-        ]
+        valid = [c.multiplier for c in self.cards.values() if c.valid_at(at)]
         return max(valid, default=1.0)
+
+    def add_card(self, card_no: str, card: Card) -> None:
+        known = self.cards.get(card_no)
+        self.cards[card_no] = known.renewed(card) if known else card
 
 
 @dataclass
@@ -70,6 +91,24 @@ class OrderPoints:
         if self.cancelled:
             return 0
         return min(self.terms.points_for(self.paid_minor - self.refunded_minor), self.awarded)
+
+
+@dataclass
+class ReferralBonus:
+    """A referrer's bonus and the referred member's order it follows (contract §5): when that
+    order is cancelled or refunded in full, the bonus is taken back."""
+
+    lot_id: str
+    order_id: str
+    referrer_id: str
+    referred_member_id: str
+    points: int
+    reversed_at: datetime | None = None
+
+
+def takes_back_everything(*, cancelled: bool, paid_minor: int, refunded_minor: int) -> bool:
+    """An order that no longer counts as bought: cancelled, or refunded in full."""
+    return cancelled or (paid_minor > 0 and refunded_minor >= paid_minor)
 
 
 @dataclass
@@ -103,17 +142,21 @@ class Earnings:
         occurred_at: datetime,
         pending: bool,
         capped: bool,
+        calculation: Calculation | None = None,
     ) -> Entry | None:
         capped_points = 0
         if capped:
             points, capped_points = self._capped(member, points, occurred_at)
         if points <= 0 and capped_points <= 0:
             return None
+        calculation = replace(
+            calculation or Calculation(points + capped_points), capped_points=capped_points
+        )
         # Points that do not wait are available now, even if the event's clock ran ahead.
         available_at = (
             self.rules.pending_until(occurred_at) if pending else min(occurred_at, self.now)
         )
-        return account.earn(
+        entry = account.earn(
             points,
             lot_id=self.new_id(),
             entry_id=self.new_id(),
@@ -125,7 +168,13 @@ class Earnings:
             available_at=available_at,
             expires_at=self.rules.lot_expiry(occurred_at),
             capped_points=capped_points,
+            calculation=calculation,
         )
+        assert entry.lot_id is not None and entry.expires_at is not None
+        if entry.bucket == "available" and entry.expires_at <= self.now:
+            # earned by an event from before its own expiry: expired on arrival
+            account.expire(entry.lot_id, entry_id=self.new_id(), now=self.now)
+        return entry
 
     def signup(
         self, account: Account, member: Member, *, source: Source, registered_at: datetime
@@ -161,6 +210,24 @@ class Earnings:
             occurred_at=occurred_at,
             pending=True,
             capped=True,
+        )
+
+    def reverse_referral(
+        self, account: Account, bonus: ReferralBonus, *, source: Source, reason: str
+    ) -> list[Entry]:
+        """Take a referral bonus back, from its own lot while that still holds it (pending or
+        not yet spent), then from available points, leaving a debt if need be."""
+        if bonus.reversed_at is not None:
+            return []
+        bonus.reversed_at = self.now
+        return account.reverse_earning(
+            bonus.points,
+            order_lot_id=bonus.lot_id,
+            entry_ids=self.new_id,
+            reason=reason,
+            rule="referral",
+            source=source,
+            now=self.now,
         )
 
     def checkin(
@@ -262,6 +329,7 @@ class Earnings:
             occurred_at=occurred_at,
             pending=True,
             capped=True,
+            calculation=terms.calculation(paid_minor),
         )
         if entry is not None:
             order.awarded = order.current = entry.points

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Literal
 
 EntryKind = Literal["earn", "release", "redeem", "reverse", "expire", "adjust"]
@@ -37,6 +38,42 @@ class InsufficientPoints(Exception):
         super().__init__(f"{wanted} points wanted, {available} available")
         self.available = available
         self.wanted = wanted
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One multiplier an earning went through: the tier, member day, a card, a campaign."""
+
+    kind: Literal["tier", "member_day", "card", "campaign"]
+    value: Decimal
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Calculation:
+    """How an earn entry's points came about (contract §5): its points are
+    floor(base_points x the product of the factors) - capped_points."""
+
+    base_points: int
+    factors: tuple[Factor, ...] = ()
+    capped_points: int = 0
+
+    def points(self) -> int:
+        product = Decimal(self.base_points)
+        for factor in self.factors:
+            product *= factor.value
+        return int(product.to_integral_value(rounding=ROUND_FLOOR)) - self.capped_points
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "base_points": self.base_points,
+            "factors": [
+                {"kind": f.kind, "value": float(f.value)}
+                | ({"label": f.label} if f.label is not None else {})
+                for f in self.factors
+            ],
+            "capped_points": self.capped_points,
+        }
 
 
 @dataclass
@@ -81,6 +118,7 @@ class Entry:
     available_at: datetime | None = None
     expires_at: datetime | None = None
     capped_points: int = 0
+    calculation: Calculation | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +131,15 @@ class Portion:
     expires_at: datetime
 
 
-def _fifo_key(lot: Lot) -> tuple[datetime, datetime, str]:
-    return (lot.expires_at, lot.earned_at, lot.lot_id)
+# Money a rule gave on top of money paid in is spent after all the paid money (contract §5:
+# stored-value bonus money is spent after paid money).
+SPENT_LAST_RULES = frozenset({"top_up_bonus"})
+
+
+def _fifo_key(lot: Lot) -> tuple[datetime, bool, datetime, str]:
+    """What leaves first: the lot that expires first, paid money before bonus money, then the
+    lot earned first."""
+    return (lot.expires_at, lot.rule in SPENT_LAST_RULES, lot.earned_at, lot.lot_id)
 
 
 @dataclass
@@ -150,9 +195,11 @@ class Account:
         available_at: datetime,
         expires_at: datetime,
         capped_points: int = 0,
+        calculation: Calculation | None = None,
     ) -> Entry:
         """A new lot: pending until `available_at` (when that lies after `now`), else available
-        at once; an available lot repays a debt first."""
+        at once; an available lot repays a debt first. A lot that is past its expiry when it is
+        earned (a backdated event) is credited and left for `expire_due`: it repays nothing."""
         state: LotState = "pending" if available_at > now else "available"
         lot = Lot(
             lot_id=lot_id,
@@ -183,10 +230,14 @@ class Account:
             available_at=available_at,
             expires_at=expires_at,
             capped_points=capped_points,
+            calculation=calculation,
         )
         self.lifetime_earned += points
         if state == "pending":
             self.pending += points
+        elif expires_at <= now:
+            self.available += points
+            lot.remaining = points
         else:
             self._credit_available(lot, points, entry)
         self._done("credited", [entry])
@@ -277,9 +328,16 @@ class Account:
         return entry
 
     def cancel_redemption(
-        self, taken: list[Portion], *, entry_id: str, source: Source, now: datetime
+        self,
+        taken: list[Portion],
+        *,
+        entry_id: str,
+        source: Source,
+        now: datetime,
+        new_id: Callable[[], str],
     ) -> Entry:
-        """Give a redemption's points back to the lots they came from, with their expiry."""
+        """Give a redemption's points back to the lots they came from, with their expiry: what
+        returns to a lot that expired meanwhile expires at once (contract §5)."""
         points = sum(p.points for p in taken)
         entry = self._entry(
             entry_id,
@@ -301,8 +359,9 @@ class Account:
             self.portions.append(Portion(entry_id, lot.lot_id, -portion.points, lot.expires_at))
         self.available += points
         self.lifetime_redeemed -= points
-        self._repay_debt_from_lots(entry)
         self._done("reversed_redemption", [entry])
+        self.expire_due(now, new_id)
+        self._repay_debt_from_lots(entry)
         return entry
 
     def reverse_earning(
@@ -380,6 +439,18 @@ class Account:
         self.available -= points
         self._done("expired", [entry])
         return entry
+
+    def expire_due(self, now: datetime, new_id: Callable[[], str]) -> list[Entry]:
+        """Expire every available lot whose `expires_at` has come, as the `expire` job would:
+        before points leave or come back, so that expired points are never spent (contract §5:
+        whether or not the job has run yet)."""
+        due = [lot.lot_id for lot in self.open_lots() if lot.expires_at <= now]
+        entries = []
+        for lot_id in due:
+            entry = self.expire(lot_id, entry_id=new_id(), now=now)
+            if entry is not None:
+                entries.append(entry)
+        return entries
 
     # --- bookkeeping --------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .ledger import Calculation, Factor
+
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -153,10 +155,17 @@ class PurchaseTerms:
     per_minor: int
     multiplier: Decimal
     steps: tuple[Step, ...] = field(default=())
+    factors: tuple[Factor, ...] = field(default=())  # what `multiplier` is the product of
+
+    def base_points(self, paid_minor: int) -> int:
+        return (max(paid_minor, 0) // self.per_minor) * self.points
 
     def points_for(self, paid_minor: int) -> int:
-        base = (max(paid_minor, 0) // self.per_minor) * self.points
+        base = self.base_points(paid_minor)
         return int((Decimal(base) * self.multiplier).to_integral_value(rounding=ROUND_FLOOR))
+
+    def calculation(self, paid_minor: int) -> Calculation:
+        return Calculation(self.base_points(paid_minor), self.factors)
 
 
 @dataclass
@@ -194,7 +203,7 @@ class Rulebook:
                 f"{purchase.points} per full {purchase.per_minor} of {paid_minor} paid",
             )
         ]
-        multiplier = Decimal(1)
+        factors: list[Factor] = []
         tiers: TierMultiplierParams | None = self.enabled("tier_multiplier")
         if tiers is not None and (tier_multiplier is not None or tier in tiers.multipliers):
             factor = Decimal(
@@ -204,17 +213,17 @@ class Rulebook:
                     else tiers.multipliers[tier or ""]
                 )
             )
-            multiplier *= factor
+            factors.append(Factor("tier", factor, tier))
             steps.append(Step("tier_multiplier", 0, f"tier {tier}", factor=str(factor)))
         if self.enabled("card_multiplier") is not None and card_multiplier and card_multiplier != 1:
             factor = Decimal(str(card_multiplier))
-            multiplier *= factor
+            factors.append(Factor("card", factor, "best valid card"))
             steps.append(Step("card_multiplier", 0, "best valid card", factor=str(factor)))
         day: MemberDayParams | None = self.enabled("member_day")
         local = occurred_at.astimezone(ZoneInfo(timezone)).date()
         if day is not None and local.day == day.day_of_month:
             factor = Decimal(str(day.multiplier))
-            multiplier *= factor
+            factors.append(Factor("member_day", factor, local.isoformat()))
             steps.append(
                 Step(
                     "member_day",
@@ -223,10 +232,15 @@ class Rulebook:
                     factor=str(factor),
                 )
             )
+        multiplier = Decimal(1)
+        for f in factors:
+            multiplier *= f.value
         terms = PurchaseTerms(purchase.points, purchase.per_minor, multiplier)
         total = terms.points_for(paid_minor)
         steps.append(Step("purchase", total, f"{base} x {multiplier}, rounded down"))
-        return PurchaseTerms(purchase.points, purchase.per_minor, multiplier, tuple(steps))
+        return PurchaseTerms(
+            purchase.points, purchase.per_minor, multiplier, tuple(steps), tuple(factors)
+        )
 
     def pending_until(self, occurred_at: datetime) -> datetime:
         purchase: PurchaseParams | None = self.enabled("purchase")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query
 from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Principal, Scope, require_scope
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -39,6 +40,21 @@ class EntrySource(BaseModel):
     redemption_id: str | None = None
 
 
+class CalculationFactor(BaseModel):
+    kind: Literal["tier", "member_day", "card", "campaign"]
+    value: float = Field(description="the multiplier (compute with exact decimals)")
+    label: str | None = Field(default=None, description="e.g. the tier, the member day's date")
+
+
+class Calculation(BaseModel):
+    """How an earn entry's points came about: `points` = floor(`base_points` x the product of
+    the factors' values) - `capped_points`."""
+
+    base_points: int
+    factors: list[CalculationFactor]
+    capped_points: int
+
+
 class LedgerEntryPublic(BaseModel):
     entry_id: str
     kind: Literal["earn", "release", "redeem", "reverse", "expire", "adjust"]
@@ -55,6 +71,9 @@ class LedgerEntryPublic(BaseModel):
     available_at: datetime | None = None
     expires_at: datetime | None = None
     capped_points: int = Field(default=0, description="earned above the daily cap, not credited")
+    calculation: Calculation | None = Field(
+        default=None, description="on every earn entry: how its points were computed"
+    )
 
 
 class LedgerPage(BaseModel):
@@ -82,7 +101,7 @@ async def get_ledger(
     member_id: str,
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Cursor = None,
 ) -> LedgerPage:
     rows, next_cursor = await ledger_page(runtime, member_id, limit, cursor)
     items = [
@@ -102,6 +121,7 @@ async def get_ledger(
                     "available_at",
                     "expires_at",
                     "capped_points",
+                    "calculation",
                 )
             },
             source=EntrySource(

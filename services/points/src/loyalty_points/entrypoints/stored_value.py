@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Query, Response
 from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
+from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,7 +63,12 @@ class BalancePublic(BaseModel):
     member_id: str
     currency: str
     balance_minor: int
-    lifetime_topped_up_minor: int
+    lifetime_topped_up_minor: int = Field(
+        description="money paid in by top-ups, in minor units; the bonus is not in it"
+    )
+    lifetime_bonus_minor: int = Field(
+        description="bonus money the top-up bonus rules added, in minor units (not paid in)"
+    )
     lifetime_spent_minor: int
 
 
@@ -151,7 +157,7 @@ async def get_statement(
     member_id: MemberId,
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Cursor = None,
 ) -> StatementPage:
     rows, next_cursor = await statement(runtime, member_id, limit, cursor)
     return StatementPage(

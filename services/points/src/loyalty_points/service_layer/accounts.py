@@ -8,11 +8,14 @@ from typing import Any
 
 from loyalty_shared.errors import Conflict, NotFound, Unprocessable
 from loyalty_shared.ids import monotonic_ulid
+from loyalty_shared.paging import cursor_after, encode_cursor
 from loyalty_shared.service import Runtime
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..adapters.ledger_store import (
     LedgerBatch,
+    erased_at,
     load_rulebook,
     read_account,
     read_expiring,
@@ -26,7 +29,7 @@ from .ledger_events import publish_operations
 async def account_view(runtime: Runtime, member_id: str) -> dict[str, Any]:
     now = runtime.clock.now()
     async with runtime.reading() as conn:
-        account = await read_account(conn, member_id)
+        account = await read_account(conn, member_id, now)
         expiring = await read_expiring(conn, member_id, now) if account else []
     account = account or {
         "available": 0,
@@ -49,11 +52,12 @@ async def account_view(runtime: Runtime, member_id: str) -> dict[str, Any]:
 async def ledger_page(
     runtime: Runtime, member_id: str, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
+    after = cursor_after(cursor, 1)  # the last entry of the page before
     async with runtime.reading() as conn:
-        rows = await read_ledger(conn, member_id, limit + 1, cursor)
+        rows = await read_ledger(conn, member_id, limit + 1, after[0] if after else None)
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, (rows[-1]["entry_id"] if more and rows else None)
+    return rows, (encode_cursor(rows[-1]["entry_id"]) if more and rows else None)
 
 
 @asynccontextmanager
@@ -77,7 +81,15 @@ async def give_back(batch: LedgerBatch, account: Account, entry_id: str, source:
     rows = (await batch.conn.execute(select(portions).where(portions.c.entry_id == entry_id))).all()
     await batch.load_lots(row.lot_id for row in rows)
     taken = [Portion(r.entry_id, r.lot_id, r.points, r.expires_at) for r in rows]
-    account.cancel_redemption(taken, entry_id=monotonic_ulid(), source=source, now=batch.now)
+    account.cancel_redemption(
+        taken, entry_id=monotonic_ulid(), source=source, now=batch.now, new_id=monotonic_ulid
+    )
+
+
+async def refuse_if_erased(conn: AsyncConnection, member_id: str) -> None:
+    """Contract §4: after erasure the account takes no new money (it stays readable)."""
+    if await erased_at(conn, member_id) is not None:
+        raise Conflict("member_erased", "the member was erased: their account takes no new money")
 
 
 def _insufficient(exc: InsufficientPoints) -> Unprocessable:
@@ -93,6 +105,8 @@ async def redeem(
 ) -> dict[str, Any]:
     redemption_id = monotonic_ulid()
     async with one_account(runtime, member_id) as (batch, account):
+        await refuse_if_erased(batch.conn, member_id)
+        account.expire_due(batch.now, monotonic_ulid)  # expired points are not spent
         try:
             entry = account.redeem(
                 points,
@@ -159,6 +173,9 @@ async def adjust(
     runtime: Runtime, *, member_id: str, points: int, reason: str, adjusted_by: str | None
 ) -> dict[str, Any]:
     async with one_account(runtime, member_id) as (batch, account):
+        if points > 0:
+            await refuse_if_erased(batch.conn, member_id)
+        account.expire_due(batch.now, monotonic_ulid)  # a deduction takes no expired points
         rules = await load_rulebook(batch.conn)
         try:
             entry = account.adjust(

@@ -52,7 +52,10 @@ async def release_pending(runtime: Runtime, as_of: datetime) -> dict[str, Any]:
     released = 0
 
     def release(account: Account, lot_id: str) -> Entry | None:
-        return account.release(lot_id, entry_id=monotonic_ulid(), now=as_of)
+        entry = account.release(lot_id, entry_id=monotonic_ulid(), now=as_of)
+        if entry is not None and account.lots[lot_id].expires_at <= as_of:
+            account.expire(lot_id, entry_id=monotonic_ulid(), now=as_of)  # it waited too long
+        return entry
 
     while True:
         done = await _due_chunk(

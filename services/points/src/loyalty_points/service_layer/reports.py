@@ -10,14 +10,21 @@ from sqlalchemy import text
 
 async def liability(runtime: Runtime) -> dict[str, Any]:
     async with runtime.engine.connect() as conn:
+        # what remains of lots past their expiry is no liability, booked by `expire` or not yet
         totals = (
             await conn.execute(
                 text(
+                    "WITH due AS (SELECT member_id, sum(remaining) AS points FROM points_lots "
+                    "WHERE state = 'available' AND remaining > 0 AND expires_at <= :now "
+                    "GROUP BY member_id), "
+                    "a AS (SELECT accounts.available - coalesce(due.points, 0) AS available, "
+                    "accounts.pending FROM accounts LEFT JOIN due USING (member_id)) "
                     "SELECT coalesce(sum(greatest(available, 0)), 0) AS available, "
                     "coalesce(sum(pending), 0) AS pending, "
                     "coalesce(sum(least(available, 0)), 0) AS negative, "
-                    "count(*) FILTER (WHERE available < 0) AS members_negative FROM accounts"
-                )
+                    "count(*) FILTER (WHERE available < 0) AS members_negative FROM a"
+                ),
+                {"now": runtime.clock.now()},
             )
         ).one()
         value = await conn.scalar(text("SELECT sum(available) FROM value_accounts"))

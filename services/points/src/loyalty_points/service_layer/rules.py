@@ -115,6 +115,7 @@ def _explain(batch: Any, event: Event[Any]) -> dict[str, Any]:
                     "rule": entry.rule,
                     "reason": entry.reason,
                     "capped_points": entry.capped_points,
+                    "calculation": entry.calculation.as_json() if entry.calculation else None,
                     "available_at": entry.available_at,
                     "expires_at": entry.expires_at,
                 }

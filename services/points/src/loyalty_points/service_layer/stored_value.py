@@ -18,15 +18,16 @@ from loyalty_shared.events.points import (
 )
 from loyalty_shared.ids import monotonic_ulid
 from loyalty_shared.kafka import add_to_outbox
+from loyalty_shared.paging import cursor_after, encode_cursor
 from loyalty_shared.service import Runtime
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ..adapters.ledger_store import LedgerBatch, load_rulebook, read_account, read_ledger
 from ..adapters.tables import VALUE_LEDGER, top_ups, value_spends
 from ..domain.ledger import InsufficientPoints, Source
 from ..domain.rules import TopUpBonusParams
-from .accounts import give_back, one_account
+from .accounts import give_back, one_account, refuse_if_erased
 from .ledger_events import SOURCE
 
 NEVER = datetime(9999, 12, 31, tzinfo=UTC)
@@ -43,9 +44,10 @@ async def top_up(
 ) -> tuple[dict[str, Any], bool]:
     """Answers (top-up, created); the same external_id again answers the first top-up.
     Only members the points service knows (from member.registered) can hold money."""
-    async with runtime.engine.connect() as conn:
-        if await read_account(conn, member_id) is None:
+    async with runtime.reading() as conn:
+        if await read_account(conn, member_id, runtime.clock.now()) is None:
             raise NotFound(f"no member '{member_id}' is known to the points service")
+        await refuse_if_erased(conn, member_id)
     async with one_account(runtime, member_id, VALUE_LEDGER) as (batch, account):
         top_up_id = monotonic_ulid()
         rules = await load_rulebook(batch.conn)
@@ -122,6 +124,7 @@ async def spend(
     runtime: Runtime, *, member_id: str, amount_minor: int, reason: str, order_id: str | None
 ) -> dict[str, Any]:
     async with one_account(runtime, member_id, VALUE_LEDGER) as (batch, account):
+        await refuse_if_erased(batch.conn, member_id)
         spend_id = monotonic_ulid()
         try:
             entry = account.redeem(
@@ -215,13 +218,24 @@ async def refund_spend(runtime: Runtime, spend_id: str) -> dict[str, Any]:
 
 
 async def balance(runtime: Runtime, member_id: str) -> dict[str, Any]:
+    """The balance and its lifetime figures (contract §5): `lifetime_topped_up_minor` is the
+    money paid in by top-ups, the bonus money their rules added is `lifetime_bonus_minor`."""
     async with runtime.engine.connect() as conn:
-        row = await read_account(conn, member_id, VALUE_LEDGER)
+        row = await read_account(conn, member_id, runtime.clock.now(), VALUE_LEDGER)
+        paid, bonus = (
+            await conn.execute(
+                select(
+                    func.coalesce(func.sum(top_ups.c.amount_minor), 0),
+                    func.coalesce(func.sum(top_ups.c.bonus_minor), 0),
+                ).where(top_ups.c.member_id == member_id)
+            )
+        ).one()
     return {
         "member_id": member_id,
         "currency": "CNY",
         "balance_minor": row["available"] if row else 0,
-        "lifetime_topped_up_minor": row["lifetime_earned"] if row else 0,
+        "lifetime_topped_up_minor": int(paid),
+        "lifetime_bonus_minor": int(bonus),
         "lifetime_spent_minor": row["lifetime_redeemed"] if row else 0,
     }
 
@@ -229,8 +243,13 @@ async def balance(runtime: Runtime, member_id: str) -> dict[str, Any]:
 async def statement(
     runtime: Runtime, member_id: str, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the statement, newest first; the cursor is the last entry of the page before
+    (one shared codec: a cursor this list did not hand out is a 422)."""
+    after = cursor_after(cursor, 1)
     async with runtime.engine.connect() as conn:
-        rows = await read_ledger(conn, member_id, limit + 1, cursor, VALUE_LEDGER)
+        rows = await read_ledger(
+            conn, member_id, limit + 1, after[0] if after else None, VALUE_LEDGER
+        )
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, (rows[-1]["entry_id"] if more and rows else None)
+    return rows, (encode_cursor(rows[-1]["entry_id"]) if more and rows else None)
