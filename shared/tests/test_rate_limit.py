@@ -226,3 +226,44 @@ async def test_bursts_of_concurrent_requests_spend_exactly_the_burst(
 ):
     answers = await asyncio.gather(*(service.client.get("/v1/things") for _ in range(10)))
     assert sorted(a.status_code for a in answers) == [200] * 3 + [429] * 7
+
+
+def _from(app, address: str):
+    import httpx
+
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://toy")
+
+
+async def test_failed_authentications_are_throttled_per_address_and_a_valid_key_never_is():
+    """Contract §3: once an address has sent 20 unknown keys in a minute, its further unknown
+    keys answer 429 `rate_limited` with Retry-After; other addresses, and valid keys from the
+    same address, are not refused by it; a minute later the address may try again."""
+    from loyalty_shared.testing import toy_app
+
+    app = toy_app(router)
+    ticks = Ticks()
+    app.state.auth_failures = RateLimiter(20 / 60, 20, monotonic=ticks)
+    guessing = {"Authorization": "Bearer guess"}
+    async with _from(app, "203.0.113.7") as attacker, _from(app, "198.51.100.2") as other:
+        for n in range(20):
+            response = await attacker.get("/v1/things", headers={"Authorization": f"Bearer g{n}"})
+            assert response.status_code == 401, (n, response.text)
+        refused = await attacker.get("/v1/things", headers=guessing)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["code"] == "rate_limited"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert (await attacker.get("/v1/things")).status_code == 429  # no key at all: the same
+        # a valid key from the same address, and an unknown one from another, are answered
+        assert (await attacker.get("/v1/things", headers=AUTH)).status_code == 200
+        assert (await other.get("/v1/things", headers=guessing)).status_code == 401
+        ticks.advance(60)
+        assert (await attacker.get("/v1/things", headers=guessing)).status_code == 401
+
+
+def test_the_failure_throttle_holds_a_bounded_number_of_addresses():
+    ticks = Ticks()
+    limiter = RateLimiter(20 / 60, 20, monotonic=ticks, max_buckets=1000)
+    for n in range(5000):
+        limiter.take(f"10.0.{n // 256}.{n % 256}")
+    assert len(limiter._buckets) <= 1000

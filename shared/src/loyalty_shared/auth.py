@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from .errors import ProblemError, problem_response
+from .ratelimit import RateLimiter, retry_after_seconds
 from .settings import ALL_SCOPES
 
 
@@ -36,6 +37,18 @@ def parse_api_keys(spec: str) -> dict[str, frozenset[str]]:
             raise ValueError(f"unknown scopes in LOYALTY_API_KEYS: {sorted(unknown)}")
         keys[key.strip()] = frozenset(wanted)
     return keys
+
+
+def key_with_scope(spec: str, scope: str) -> str:
+    """The key of `LOYALTY_API_KEYS` a service presents to a neighbour for a call that needs
+    `scope`: of the keys holding it, the one with the fewest scopes (least privilege; the first
+    of those in the spec); "" when none holds it."""
+    holding = [
+        (len(scopes), n, key)
+        for n, (key, scopes) in enumerate(parse_api_keys(spec).items())
+        if scope in scopes
+    ]
+    return min(holding)[2] if holding else ""
 
 
 def key_id(key: str) -> str:
@@ -101,11 +114,21 @@ def require_scope(scope: str | None) -> Callable[..., Coroutine[Any, Any, Princi
 class AuthenticationMiddleware:
     """Checks the API key of every `/v1` request before anything reads its body, so a caller
     without a valid key learns only that (401), whatever else is wrong with the request.
-    Scopes are checked per route (403) by `Scope(...)`."""
+    Scopes are checked per route (403) by `Scope(...)`. Failed authentications are throttled
+    per client address (`failures`): once an address has spent its allowance of unknown or
+    missing keys, its further ones answer 429 `rate_limited` with `Retry-After`, so guessing
+    keys costs time. A valid key is authenticated before the throttle is asked: it is never
+    refused by it, from any address."""
 
-    def __init__(self, app: ASGIApp, keys: Callable[[], ApiKeys]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Callable[[], ApiKeys],
+        failures: Callable[[], RateLimiter] | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
+        self.failures = failures
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -117,13 +140,32 @@ class AuthenticationMiddleware:
         try:
             principal = self.keys().authenticate(authorization)
         except ProblemError as exc:
-            response = problem_response(
-                exc.status, exc.code, exc.detail, headers={"WWW-Authenticate": "Bearer"}
-            )
+            wait = self.failures().take(_client_address(scope)) if self.failures else 0.0
+            if wait > 0:
+                seconds = retry_after_seconds(wait)
+                response = problem_response(
+                    429,
+                    "rate_limited",
+                    f"too many requests without a valid API key from this address; retry in "
+                    f"{seconds} s",
+                    headers={"Retry-After": str(seconds)},
+                    instance=scope["path"],
+                )
+            else:
+                response = problem_response(
+                    exc.status, exc.code, exc.detail, headers={"WWW-Authenticate": "Bearer"}
+                )
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+
+def _client_address(scope: ASGIScope) -> str:
+    """The client's address as the server saw it (behind a trusted proxy, the address the
+    proxy forwarded: uvicorn's `FORWARDED_ALLOW_IPS`)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def Scope(scope: str | None) -> Any:

@@ -1,4 +1,5 @@
 """Per-API-key rate limits: a token bucket per key and process; over it, 429 `rate_limited`.
+The same buckets, by client address, throttle failed authentications (`auth.py`).
 
 The middleware runs right after authentication, so it knows the caller's key, and before the
 write guard and the routes, so a refused request reads no body, records no Idempotency-Key
@@ -38,13 +39,16 @@ class RateLimiter:
         burst: int,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        max_buckets: int = 100_000,
     ) -> None:
         self.per_second = max(per_second, 0.0)
         # A bucket smaller than one request would refuse everything: hold at least one second's
         # worth (and at least one request) when no burst is given.
         self.burst = burst if burst >= 1 else max(1, math.ceil(self.per_second))
         self.monotonic = monotonic
-        self._buckets: dict[str, _Bucket] = {}  # one per configured key at most: ids are known
+        # By key id, one per configured key; by client address, as many as send: bounded
+        self._buckets: dict[str, _Bucket] = {}
+        self.max_buckets = max_buckets
 
     @property
     def enabled(self) -> bool:
@@ -59,6 +63,8 @@ class RateLimiter:
         now = self.monotonic()
         bucket = self._buckets.get(key_id)
         if bucket is None:
+            if len(self._buckets) >= self.max_buckets:
+                self._forget_full(now)
             bucket = self._buckets[key_id] = _Bucket(tokens=float(self.burst), updated=now)
         else:
             elapsed = max(now - bucket.updated, 0.0)
@@ -68,6 +74,22 @@ class RateLimiter:
             bucket.tokens = max(bucket.tokens - 1.0, 0.0)
             return 0.0
         return (1.0 - bucket.tokens) / self.per_second
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have refilled (a full bucket is as good as none); if every
+        one is still in use, the older half: memory stays bounded whoever sends."""
+        refill = self.burst / self.per_second
+        self._buckets = {k: b for k, b in self._buckets.items() if now - b.updated < refill}
+        if len(self._buckets) >= self.max_buckets:
+            by_age = sorted(self._buckets, key=lambda k: self._buckets[k].updated)
+            for key in by_age[: len(by_age) // 2 + 1]:
+                del self._buckets[key]
+
+
+def failed_authentications(per_minute: int) -> RateLimiter:
+    """The throttle of failed authentications per client address (contract §3): `per_minute`
+    unknown or missing keys may come from one address at once and per minute; 0: no throttle."""
+    return RateLimiter(per_minute / 60.0, per_minute)
 
 
 def retry_after_seconds(wait: float) -> int:

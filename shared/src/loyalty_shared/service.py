@@ -31,7 +31,7 @@ from .kafka.broker import port_open
 from .kafka.dead_letters import router as dead_letters_router
 from .kafka.inbox import PURGE_PROCESSED_EVENTS
 from .observability import RequestMetricsMiddleware, configure_logging, metrics_payload
-from .ratelimit import RateLimiter, RateLimitMiddleware
+from .ratelimit import RateLimiter, RateLimitMiddleware, failed_authentications
 from .settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -369,6 +369,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.api_keys = ApiKeys(settings.api_keys)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    app.state.auth_failures = failed_authentications(settings.auth_failures_per_minute)
     install_problem_handlers(app)
     # The last added runs first: metrics, authentication, the rate limit (which needs the
     # caller's key), then the write guard, so a refused request records and changes nothing.
@@ -377,7 +378,11 @@ def create_app(
         store_factory=lambda: IdempotencyStore(runtime.engine, after_commit=runtime.wake_relay),
     )
     app.add_middleware(RateLimitMiddleware, limiter=lambda: app.state.rate_limiter)
-    app.add_middleware(AuthenticationMiddleware, keys=lambda: app.state.api_keys)
+    app.add_middleware(
+        AuthenticationMiddleware,
+        keys=lambda: app.state.api_keys,
+        failures=lambda: app.state.auth_failures,
+    )
     app.add_middleware(RequestMetricsMiddleware, service=definition.name)
     app.include_router(ops)
     app.include_router(admin)

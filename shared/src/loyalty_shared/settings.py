@@ -44,6 +44,9 @@ class PlatformSettings(BaseSettings):
     # generous enough for the benchmarks (1000 coupon requests/s from one key). 0: no limit.
     rate_limit_per_second: float = Field(default=2000.0, ge=0)
     rate_limit_burst: int = Field(default=4000, ge=0)
+    # Unknown or missing API keys one client address may send per minute before its further
+    # ones answer 429 (contract §3). 0: no throttle.
+    auth_failures_per_minute: int = Field(default=20, ge=0)
     topic_partitions: int = 6
     topic_replication: int = 1  # a real cluster: 3 (the embedded broker has one node)
     outbox_retention_days: int = 7
