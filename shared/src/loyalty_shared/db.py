@@ -233,7 +233,14 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     # validation's time in the profile). A connection the server dropped fails its first
     # statement instead; SQLAlchemy then discards every connection of the pool made before,
     # the request answers 503 (errors.py) and the client's retry gets a fresh connection.
-    options: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 10, "max_overflow": 10}
+    # hide_parameters: a failing statement's values (a phone, an email) stay out of its error
+    # and so out of every logged traceback
+    options: dict[str, Any] = {
+        "pool_pre_ping": False,
+        "pool_size": 10,
+        "max_overflow": 10,
+        "hide_parameters": True,
+    }
     options.update(kwargs)
     return create_async_engine(to_async_url(url), **options)
 

@@ -219,3 +219,36 @@ async def test_an_email_shared_by_members_pages_like_any_list(member):
     assert [m["member_id"] for m in rest["items"]] == ids[2:] and rest["next_cursor"] is None
     too_many = await member.client.get("/v1/members", params={"email": shared, "limit": 501})
     assert too_many.status_code == 422
+
+
+async def test_two_members_given_one_phone_at_once_is_a_409_not_a_500(member, capfd):
+    """Two changes race for one phone: the loser's UPDATE meets the unique index after the
+    winner's commit. It answers 409 `member_exists` naming the winner, and no log line carries
+    the phone (a failing statement's parameters once went into the traceback)."""
+    import asyncio
+
+    from loyalty_member.domain.members import normalise_phone
+    from sqlalchemy import text
+
+    winner = await sign_up(member, phone=new_phone())
+    loser = await sign_up(member, phone=new_phone())
+    contested = new_phone()
+    e164 = normalise_phone(contested)
+    async with member.runtime.engine.connect() as conn:
+        # the winner's change, not yet committed: the loser's check finds no owner, then its
+        # UPDATE waits on the unique index until the winner commits
+        await conn.execute(
+            text("UPDATE members SET phone = :p WHERE member_id = :m"),
+            {"p": e164, "m": winner["member_id"]},
+        )
+        patch = asyncio.create_task(
+            member.client.patch(f"/v1/members/{loser['member_id']}", json={"phone": contested})
+        )
+        await asyncio.sleep(0.5)
+        await conn.commit()
+    response = await patch
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "member_exists"
+    assert response.json()["member_id"] == winner["member_id"]
+    logged = "".join(capfd.readouterr())
+    assert contested not in logged

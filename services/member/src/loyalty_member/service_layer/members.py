@@ -10,6 +10,7 @@ from loyalty_shared.idempotency import forget_answers_about
 from loyalty_shared.service import Runtime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..adapters.tables import identities, members
@@ -68,6 +69,16 @@ async def _locked_member(conn: AsyncConnection, member_id: str) -> dict[str, Any
     return dict(row._mapping)
 
 
+async def _refuse_taken_phone(conn: AsyncConnection, phone: str, member_id: str) -> None:
+    owner = await conn.scalar(
+        select(members.c.member_id).where(
+            members.c.phone == phone, members.c.member_id != member_id
+        )
+    )
+    if owner is not None:
+        raise Conflict("member_exists", "another member has this phone", member_id=owner)
+
+
 async def update_member(
     runtime: Runtime, member_id: str, changes: dict[str, Any]
 ) -> dict[str, Any]:
@@ -89,21 +100,23 @@ async def update_member(
         if not changed:
             return current
         if "phone" in changed:
-            owner = await conn.scalar(
-                select(members.c.member_id).where(
-                    members.c.phone == changed["phone"], members.c.member_id != member_id
-                )
-            )
-            if owner is not None:
-                raise Conflict("member_exists", "another member has this phone", member_id=owner)
-        row = (
-            await conn.execute(
-                update(members)
-                .where(members.c.member_id == member_id)
-                .values(**changed, updated_at=now)
-                .returning(*members.c)
-            )
-        ).one()
+            await _refuse_taken_phone(conn, changed["phone"], member_id)
+        try:
+            async with conn.begin_nested():  # a savepoint: the race below leaves conn usable
+                row = (
+                    await conn.execute(
+                        update(members)
+                        .where(members.c.member_id == member_id)
+                        .values(**changed, updated_at=now)
+                        .returning(*members.c)
+                    )
+                ).one()
+        except IntegrityError:
+            if "phone" not in changed:
+                raise
+            # another change gave the phone to someone else between the check and the update
+            await _refuse_taken_phone(conn, changed["phone"], member_id)
+            raise
         shared = {k: changed[k] for k in SHARED_FIELDS if k in changed}
         await emit(
             conn,
