@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from loyalty_shared.auth import parse_api_keys
+from loyalty_shared.auth import key_with_scope
 from loyalty_shared.settings import SERVICE_PORT_OFFSETS, PlatformSettings
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -108,11 +108,7 @@ class NotifierSettings(BaseSettings):
     def resolved_member_api_key(self) -> str:
         if self.member_api_key:
             return self.member_api_key
-        keys = parse_api_keys(PlatformSettings().api_keys)
-        for key, scopes in keys.items():
-            if "members:read" in scopes:
-                return key
-        return ""
+        return key_with_scope(PlatformSettings().api_keys, "members:read")
 
     @property
     def retry(self) -> RetryPolicy:

@@ -9,13 +9,18 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from loyalty_shared.auth import parse_api_keys
+from loyalty_shared.auth import key_with_scope
 from loyalty_shared.settings import SERVICE_PORT_OFFSETS
 
 from ..config import CouponSettings
 
 if TYPE_CHECKING:
     from loyalty_shared.service import Runtime
+
+
+# The scope of every call this service makes to each neighbour: points debits and their cancel
+# (`points:write`), a segment's members and a day's birthdays (`members:read`).
+NEEDED_SCOPES = {"points": "points:write", "segmenter": "members:read", "member": "members:read"}
 
 
 class NeighbourUnavailable(Exception):
@@ -50,7 +55,8 @@ class Neighbours:
         base = (
             url or f"http://127.0.0.1:{runtime.settings.port_base + SERVICE_PORT_OFFSETS[service]}"
         )
-        key = key or _first_key(runtime.settings.api_keys)
+        # the key the calls to this neighbour need, not whichever key comes first
+        key = key or key_with_scope(runtime.settings.api_keys, NEEDED_SCOPES[service])
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.AsyncClient(
             base_url=base,
@@ -78,11 +84,6 @@ class Neighbours:
         return MemberClient(
             self._client(runtime, "member", s.member_url, s.member_api_key, self.member_transport)
         )
-
-
-def _first_key(spec: str) -> str:
-    """The first key of LOYALTY_API_KEYS (make run's dev-key), read by the one parser."""
-    return next(iter(parse_api_keys(spec)), "")
 
 
 def neighbours_of(runtime: Runtime) -> Neighbours:
