@@ -68,7 +68,10 @@ async def test_run_on_demand_with_as_of(database: str, kafka_bootstrap: str):
             "description": "counts its runs",
         }
         # then the platform's own, which every service runs
-        assert [j["job"] for j in listed["items"][1:]] == ["purge-idempotency-keys", "purge-processed-events"]
+        assert [j["job"] for j in listed["items"][1:]] == [
+            "purge-idempotency-keys",
+            "purge-processed-events",
+        ]
         response = await service.client.post(
             "/v1/admin/jobs/tally/run", json={"as_of": "2027-01-20T00:00:00+08:00"}
         )
@@ -146,7 +149,11 @@ async def test_an_unknown_job_is_404(database: str, kafka_bootstrap: str):
     try:
         response = await service.client.post("/v1/admin/jobs/nope/run", json={})
         assert response.status_code == 404
-        assert response.json()["jobs"] == ["tally", "purge-idempotency-keys", "purge-processed-events"]
+        assert response.json()["jobs"] == [
+            "tally",
+            "purge-idempotency-keys",
+            "purge-processed-events",
+        ]
     finally:
         await service.stop()
 
