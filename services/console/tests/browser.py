@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
+from loyalty_console.__main__ import uvicorn_config
 from loyalty_console.app import create_app
+from loyalty_console.config import ConsoleSettings
 from loyalty_shared.kafka.broker import free_port
+from loyalty_shared.settings import PlatformSettings
 
 from .inprocess import InProcessPlatform
 
@@ -29,12 +32,12 @@ TABLET = {"width": 1180, "height": 820}  # a 10-inch tablet in landscape, at the
 @contextlib.asynccontextmanager
 async def served_console(platform: InProcessPlatform) -> AsyncIterator[str]:
     port = free_port()
-    app = create_app(transports=platform.transports())
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-        )
-    )
+    settings = ConsoleSettings()
+    app = create_app(settings, transports=platform.transports())
+    # Served as `python -m loyalty_console` serves it (proxy headers and all), on a free port.
+    config = uvicorn_config(app, settings, PlatformSettings(host="127.0.0.1"), port=port)
+    config.lifespan = "on"
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

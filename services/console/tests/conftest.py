@@ -34,9 +34,11 @@ async def console_app(platform: InProcessPlatform):
 class Browser:
     """An httpx client that reads each form's hidden fields, as a browser would send them."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, client: tuple[str, int] = ("127.0.0.1", 123)) -> None:
+        # `client`: the address the console sees this browser at (its sign-in throttle counts
+        # failures per address).
         self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://console.test"
+            transport=httpx.ASGITransport(app=app, client=client), base_url="http://console.test"
         )
         self.page = ""
 

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 import httpx
 import structlog
@@ -25,8 +26,17 @@ from .config import NEIGHBOURS, ConsoleSettings
 from .i18n import N_
 from .neighbours import ApiError, Neighbours
 from .pages import auth, campaigns, checkout, dashboard, members, messages, segments
-from .sessions import COOKIE, SessionStore
-from .web import CsrfRefused, NeedSignIn, NotAllowed, current_session, login_url, render
+from .sessions import COOKIE, SIGNIN_COOKIE, SessionStore
+from .throttle import SignInThrottle
+from .web import (
+    CsrfRefused,
+    NeedSignIn,
+    NotAllowed,
+    cookie_secure,
+    current_session,
+    login_url,
+    render,
+)
 
 log = structlog.get_logger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -85,6 +95,7 @@ def create_app(
         idle_seconds=settings.session_idle_minutes * 60,
         max_sessions=settings.max_sessions,
     )
+    app.state.signin_throttle = SignInThrottle(settings.signin_failures_per_minute, 60.0)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.middleware("http")
@@ -93,20 +104,19 @@ def create_app(
     ) -> Response:
         response = await call_next(request)
         session = getattr(request.state, "console_session", None)
+        secure = cookie_secure(request)
+        flags: dict[str, Any] = {"httponly": True, "samesite": "strict", "secure": secure}
         if getattr(request.state, "signed_out", False):
-            response.delete_cookie(COOKIE, path="/")
-        elif session is not None:
+            response.delete_cookie(COOKIE, path="/", **flags)
+        elif session is not None and session.signed_in:
             sessions: SessionStore = request.app.state.sessions
             value = sessions.cookie_value(session)
             if request.cookies.get(COOKIE) != value:
-                response.set_cookie(
-                    COOKIE,
-                    value,
-                    httponly=True,
-                    samesite="strict",
-                    secure=request.url.scheme == "https",
-                    path="/",
-                )
+                response.set_cookie(COOKIE, value, path="/", **flags)
+        elif nonce := getattr(request.state, "signin_nonce", None):
+            # An anonymous visitor's first page: the nonce its forms' token is bound to. No
+            # Max-Age: it ends with the browser session; the tokens it backs expire sooner.
+            response.set_cookie(SIGNIN_COOKIE, nonce, path="/", **flags)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         if not request.url.path.startswith("/static/"):

@@ -1,8 +1,12 @@
-"""The console's settings: where the five services are, and how long a sign-in lasts."""
+"""The console's settings: where the five services are, how long a sign-in lasts, which
+proxies are believed about the client's address and scheme, and the sign-in throttle."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from loyalty_shared.settings import SERVICE_PORT_OFFSETS, PlatformSettings
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 NEIGHBOURS = ("member", "points", "coupon", "notifier", "segmenter")
@@ -11,7 +15,7 @@ NEIGHBOURS = ("member", "points", "coupon", "notifier", "segmenter")
 class ConsoleSettings(BaseSettings):
     """`CONSOLE_*` variables; the ports come from `LOYALTY_PORT_BASE` like every service's."""
 
-    model_config = SettingsConfigDict(env_prefix="CONSOLE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CONSOLE_", extra="ignore", populate_by_name=True)
 
     member_url: str = ""  # default http://127.0.0.1:<LOYALTY_PORT_BASE + 1>
     points_url: str = ""  # + 2
@@ -20,7 +24,18 @@ class ConsoleSettings(BaseSettings):
     segmenter_url: str = ""  # + 5
     http_timeout_seconds: float = 10.0
     session_idle_minutes: int = 480  # a shift at the till
-    max_sessions: int = 10_000
+    max_sessions: int = 10_000  # signed-in sessions only: anonymous visitors get none
+    # Failed sign-ins one client address may make per minute before it waits (429); 0: off.
+    signin_failures_per_minute: int = Field(default=10, ge=0)
+    # `auto`: cookies are Secure when the request came over https, as the connection or a
+    # trusted proxy (FORWARDED_ALLOW_IPS) says; `true`: always (a console served only over TLS).
+    cookie_secure: Literal["auto", "true"] = "auto"
+    # Addresses or networks (comma-separated, `*` for any) whose X-Forwarded-Proto and
+    # X-Forwarded-For uvicorn believes: uvicorn's own variable, without the CONSOLE_ prefix.
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        validation_alias=AliasChoices("FORWARDED_ALLOW_IPS", "forwarded_allow_ips"),
+    )
 
     def url_of(self, service: str, platform: PlatformSettings) -> str:
         explicit = getattr(self, f"{service}_url")

@@ -30,6 +30,7 @@ class ApiError(Exception):
         service: str = "",
         errors: list[dict[str, Any]] | None = None,
         body: dict[str, Any] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(f"{service} {status} {code}: {detail}")
         self.status = status
@@ -38,6 +39,7 @@ class ApiError(Exception):
         self.service = service
         self.errors = errors or []
         self.body = body or {}
+        self.retry_after = retry_after  # the service's Retry-After in seconds, when it gave one
 
     def field_errors(self) -> dict[str, str]:
         """`{"points": "Field required", "rule.all.1.op": "..."}` from the problem's errors."""
@@ -131,6 +133,7 @@ class Api:
                 service=service,
                 errors=problem.get("errors") if isinstance(problem.get("errors"), list) else None,
                 body=problem,
+                retry_after=_seconds(response.headers.get("retry-after")),
             )
         replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
         return Reply(response.status_code, body, replayed)
@@ -142,6 +145,13 @@ class Api:
         self, service: str, path: str, body: Any, *, idempotency_key: str | None = None
     ) -> Reply:
         return await self.call(service, "POST", path, json=body, idempotency_key=idempotency_key)
+
+
+def _seconds(value: str | None) -> int | None:
+    """`Retry-After` as delay-seconds (what the services send); None otherwise."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(int(value.strip()), 86_400)
 
 
 async def gather_sections(**calls: Awaitable[Any]) -> dict[str, Section]:

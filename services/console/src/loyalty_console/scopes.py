@@ -29,6 +29,15 @@ class UnknownKey(Exception):
     """The services do not know the key (401)."""
 
 
+class Throttled(Exception):
+    """A service answered 429: its throttle of unknown keys per address (contract §3), which
+    never refuses a valid key; a valid key meets a 429 only beyond its own request rate."""
+
+    def __init__(self, retry_after: int | None) -> None:
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
 async def _holds(api: Api, scope: str) -> bool:
     service, method, path, body = PROBES[scope]
     try:
@@ -36,6 +45,8 @@ async def _holds(api: Api, scope: str) -> bool:
     except ApiError as exc:
         if exc.status == 401:
             raise UnknownKey(exc.detail) from exc
+        if exc.status == 429:
+            raise Throttled(exc.retry_after) from exc
         if exc.status == 403:
             return False
         if exc.status in (404, 422):  # past the scope check: the key holds the scope

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
@@ -17,7 +18,7 @@ from starlette.datastructures import FormData
 
 from . import i18n
 from .neighbours import Api, Neighbours
-from .sessions import COOKIE, Session, SessionStore
+from .sessions import COOKIE, SIGNIN_COOKIE, Session, SessionStore
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -126,14 +127,31 @@ def stores(request: Request) -> tuple[SessionStore, Neighbours]:
 
 
 def current_session(request: Request) -> Session:
-    """The browser's session, or a fresh anonymous one (it carries the sign-in form's token)."""
+    """The browser's signed-in session, or an anonymous one that is not stored: it carries
+    only the token of the anonymous forms (sign-in, language), double-submitted with the
+    `console_signin` cookie (sessions.py says why)."""
     cached = getattr(request.state, "console_session", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     sessions, _ = stores(request)
-    session = sessions.load(request.cookies.get(COOKIE)) or sessions.new()
+    session = sessions.load(request.cookies.get(COOKIE))
+    if session is None:
+        nonce = request.cookies.get(SIGNIN_COOKIE)
+        if not sessions.valid_nonce(nonce):
+            nonce = sessions.new_signin_nonce()
+            request.state.signin_nonce = nonce  # the middleware sets the cookie
+        session = Session.anonymous(sessions.signin_token(str(nonce)))
     request.state.console_session = session
     return session
+
+
+def cookie_secure(request: Request) -> bool:
+    """`Secure` on the console's cookies: always with CONSOLE_COOKIE_SECURE=true, else when
+    the request came over https, as the connection says or a proxy that uvicorn trusts
+    (FORWARDED_ALLOW_IPS) reports in X-Forwarded-Proto."""
+    if request.app.state.settings.cookie_secure == "true":
+        return True
+    return request.url.scheme == "https"
 
 
 async def _console(request: Request) -> Console:
@@ -147,7 +165,14 @@ async def _console(request: Request) -> Console:
 async def check_csrf(request: Request, session: Session) -> FormData | None:
     form = await request.form() if request.method == "POST" else None
     sent = request.headers.get("x-csrf-token") or (form.get("csrf") if form else None)
-    if not isinstance(sent, str) or not hmac.compare_digest(sent, session.csrf):
+    if not isinstance(sent, str) or not sent:
+        raise CsrfRefused()
+    if session.signed_in:
+        ok = hmac.compare_digest(sent.encode(), session.csrf.encode())
+    else:
+        sessions, _ = stores(request)
+        ok = sessions.check_signin_token(sent, request.cookies.get(SIGNIN_COOKIE))
+    if not ok:
         raise CsrfRefused()
     return form
 
@@ -162,11 +187,48 @@ PageDep = Annotated[Console, Depends(_console)]
 ActionDep = Annotated[Console, Depends(_action)]
 
 
+# Characters that never belong in a redirect target, raw or percent-decoded: controls (C0,
+# DEL, C1), format characters (zero-width, bidi overrides, BOM), surrogates, private-use and
+# unassigned code points, and every kind of space or line break. Browsers strip tabs and line
+# breaks from a URL (`/\t/evil` becomes `//evil`, another host) and some treat other spaces
+# and invisible characters just as loosely.
+_NEVER_IN_NEXT = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+_MAX_NEXT = 2048
+
+
+def _plain_path(value: str, *, decoded: bool) -> bool:
+    """`/` then anything but a second `/`, a backslash or a character above. Once decoded, a
+    plain space may remain (`?q=Mei%20Lin` is an ordinary search): what a browser strips from a
+    Location are the raw characters, and those are refused."""
+    if not value.startswith("/") or value.startswith("//"):
+        return False
+    for char in value:
+        if char == " " and decoded:
+            continue
+        if char == "\\" or char.isspace() or unicodedata.category(char) in _NEVER_IN_NEXT:
+            return False
+    return True
+
+
 def safe_next(target: str | None, default: str = "/members") -> str:
-    """Only a path on this console (never //host or a scheme) may be a redirect target."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return default
+    """A redirect target after sign-in (or a language switch): only a plain path of this
+    console, else `default`. No scheme, no host (`//host`, `/\\host`), no control, space or
+    invisible character, and the same after every percent-decoding (`/%2F%2Fhost`,
+    `/%5Chost`, `/%09/host`, `/%252F...`), in case something on the way decodes it again."""
+    if not isinstance(target, str) or len(target) > _MAX_NEXT:
+        return default
+    if not _plain_path(target, decoded=False):
+        return default
+    value = target
+    for _ in range(4):
+        decoded = unquote(value)
+        if decoded == value:
+            # A Location header is ASCII: letters beyond it (`/segments/大客户`) go encoded.
+            return "".join(c if c.isascii() else quote(c) for c in target)
+        if not _plain_path(decoded, decoded=True):
+            return default
+        value = decoded
+    return default  # still changing after four decodings: nobody sends that by accident
 
 
 def login_url(request: Request) -> str:

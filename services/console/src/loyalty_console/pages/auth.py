@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+from starlette.datastructures import FormData
 
 from .. import i18n
-from ..scopes import UnknownKey, discover_scopes
-from ..web import check_csrf, current_session, render, safe_next, stores, text
+from ..scopes import Throttled, UnknownKey, discover_scopes
+from ..throttle import SignInThrottle, retry_after
+from ..web import check_csrf, cookie_secure, current_session, render, safe_next, stores, text
 
 router = APIRouter()
 
@@ -28,12 +30,44 @@ async def index(request: Request) -> Response:
 
 
 def _login_page(
-    request: Request, *, error: str | None = None, status: int = 200, next_url: str = ""
+    request: Request,
+    *,
+    error: str | None = None,
+    status: int = 200,
+    next_url: str = "",
+    headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
     session = current_session(request)
     t = i18n.Translator(i18n.choose(request.cookies.get(i18n.COOKIE)))
     body = render(request, session, t, "login.html", error=error, next_url=next_url)
-    return HTMLResponse(body, status_code=status)
+    return HTMLResponse(body, status_code=status, headers=headers)
+
+
+def _wait_page(request: Request, seconds: int, next_url: str) -> HTMLResponse:
+    t = i18n.Translator(i18n.choose(request.cookies.get(i18n.COOKIE)))
+    message = t.gettext(
+        "Too many failed sign-ins from this address. Wait %(seconds)s seconds and try again.",
+        seconds=seconds,
+    )
+    return _login_page(
+        request,
+        error=message,
+        status=429,
+        next_url=next_url,
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def _next(form: FormData) -> str:
+    """`next` as sent (not stripped: a leading space or tab is a reason to refuse it)."""
+    value = form.get("next")
+    return safe_next(value if isinstance(value, str) else "", "")
+
+
+def _client(request: Request) -> str | None:
+    """The client's address as uvicorn reports it: behind a proxy in FORWARDED_ALLOW_IPS,
+    the address the proxy forwarded in X-Forwarded-For."""
+    return request.client.host if request.client else None
 
 
 @router.get("/login", include_in_schema=False)
@@ -51,21 +85,34 @@ async def login(request: Request) -> Response:
     assert form is not None
     t = i18n.Translator(i18n.choose(request.cookies.get(i18n.COOKIE)))
     key = text(form, "api_key")
-    next_url = safe_next(text(form, "next"), "")
+    next_url = _next(form)
     if not key:
         return _login_page(
             request, error=t.gettext("Enter your API key."), status=422, next_url=next_url
         )
     sessions, neighbours = stores(request)
+    throttle: SignInThrottle = request.app.state.signin_throttle
+    client = _client(request)
+    # Too many failures from this address: answered here, before any probe reaches the
+    # services, unless the key has signed in on this console before (throttle.py says why).
+    wait = throttle.wait(client)
+    if wait > 0 and not throttle.known(key):
+        return _wait_page(request, retry_after(wait), next_url)
     try:
         scopes = await discover_scopes(neighbours.as_operator(key))
     except UnknownKey:
+        throttle.failed(client)
         return _login_page(
             request,
             error=t.gettext("The services do not know this API key."),
             status=401,
             next_url=next_url,
         )
+    except Throttled as exc:
+        throttle.failed(client)
+        seconds = exc.retry_after or retry_after(throttle.wait(client) or 60.0)
+        return _wait_page(request, seconds, next_url)
+    throttle.remember(key)
     signed_in = sessions.sign_in(session, key, scopes)
     request.state.console_session = signed_in
     return Response(status_code=303, headers={"Location": next_url or _home(scopes)})
@@ -88,14 +135,14 @@ async def choose_locale(request: Request) -> Response:
     form = await check_csrf(request, session)
     assert form is not None
     locale = i18n.choose(text(form, "locale"))
-    response = Response(status_code=303, headers={"Location": safe_next(text(form, "next"), "/")})
+    response = Response(status_code=303, headers={"Location": _next(form) or "/"})
     response.set_cookie(
         i18n.COOKIE,
         locale,
         max_age=400 * 24 * 3600,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=cookie_secure(request),
         path="/",
     )
     return response
