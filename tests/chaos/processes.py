@@ -23,7 +23,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import orjson
-from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
+from loyalty_shared.kafka.broker import CLIENT_ENV, EmbeddedBroker, free_port
 from loyalty_shared.settings import ALL_SCOPES, SERVICE_PORT_OFFSETS
 
 from .stream import CONSUMED, GROUP, committed_offsets, read_all
@@ -61,6 +61,8 @@ class ServiceProcess:
             "LOYALTY_OUTBOX_BATCH_SIZE": "20",
             "LOYALTY_SCHEDULER_ENABLED": "false",
             "LOYALTY_LOG_LEVEL": "WARNING",
+            # the embedded broker's client settings: no idempotent producers, a short fetch wait
+            **CLIENT_ENV,
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -167,9 +167,11 @@ def test_every_topic_and_dead_letter_topic_the_code_uses_exists(
     platform = objects.config("loyalty-platform")
     partitions = int(platform["LOYALTY_TOPIC_PARTITIONS"])
     [kafka] = objects.of("Kafka")
-    [listener] = [x for x in kafka["spec"]["kafka"]["listeners"] if not x["tls"]]
     cluster = kafka["metadata"]["name"]
-    assert platform["LOYALTY_KAFKA_BOOTSTRAP"] == f"{cluster}-kafka-bootstrap:{listener['port']}"
+    host, _, port = platform["LOYALTY_KAFKA_BOOTSTRAP"].rpartition(":")
+    assert host == f"{cluster}-kafka-bootstrap"
+    # the services' listener (plain in dev, TLS in prod: tests/deploy/test_kafka_security.py)
+    [_listener] = [x for x in kafka["spec"]["kafka"]["listeners"] if x["port"] == int(port)]
     assert kafka["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
 
     brokers = sum(p["spec"]["replicas"] for p in objects.of("KafkaNodePool"))
@@ -205,6 +207,8 @@ def test_every_reference_resolves_and_every_object_is_in_the_namespace(
 ) -> None:
     objects = Objects(rendered[overlay])
     present = {o["metadata"]["name"] for o in objects.all if o["kind"] in ("ConfigMap", "Secret")}
+    # Strimzi's User Operator writes each KafkaUser's credentials into a Secret of its name
+    present |= {o["metadata"]["name"] for o in objects.of("KafkaUser")}
     for deployment in objects.of("Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] in {

@@ -12,6 +12,7 @@ from urllib.parse import quote
 import asyncpg
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Identity,
@@ -31,8 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from .settings import ServiceSettings
 
 # ---------------------------------------------------------------------------------------------
-# Tables every service has: the outbox, the inbox of processed events, idempotency records.
-# They are created by each service's first migration (see `create_platform_tables`).
+# Tables every service has: the outbox, the inbox of processed events, idempotency records,
+# dead letters, job runs. Each service's first migration creates them (`create_platform_tables`)
+# and its latest platform migration brings them up to date (`upgrade_platform_tables`).
 # ---------------------------------------------------------------------------------------------
 platform_metadata = MetaData()
 
@@ -107,6 +109,26 @@ dead_letters = Table(
         "dead_lettered_at",
         postgresql_where=text("redriven_at IS NULL"),
     ),
+)
+
+# One row per scheduled job (`loyalty_shared.jobs`): the schedule's latest period a run claimed,
+# which is what makes each period run once across the replicas, and the job's last run.
+job_runs = Table(
+    "job_runs",
+    platform_metadata,
+    Column("job", String(100), primary_key=True),
+    # The start of the latest period a scheduled run claimed (periods are aligned on the UTC
+    # epoch), NULL before the first; done once a run of it finished (not stopped by an outage).
+    Column("period_start", DateTime(timezone=True)),
+    Column("period_done", Boolean, nullable=False, server_default=text("false")),
+    # The last run that finished, scheduled or on demand; NULL before the first.
+    Column("scheduled", Boolean),
+    Column("as_of", DateTime(timezone=True)),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(10)),  # ok | error
+    Column("counts", JSONB),
+    Column("error", Text),  # what failed: exception class and SQLSTATE, never values
 )
 
 # Columns and indexes added to platform tables after their first migration, for databases that

@@ -20,7 +20,7 @@ import time
 import urllib.request
 
 from .db import EmbeddedCluster, database_name, ensure_database
-from .kafka.broker import EmbeddedBroker, port_open
+from .kafka.broker import EmbeddedBroker, client_env, port_open
 from .settings import DEV_API_KEYS, SERVICE_PORT_OFFSETS, PlatformSettings
 
 SERVICES = ["member", "points", "coupon", "notifier", "segmenter"]
@@ -69,9 +69,12 @@ class Stack:
         if taken:
             raise RuntimeError(f"ports already in use: {taken}; set LOYALTY_PORT_BASE")
         keys = os.environ.get("LOYALTY_API_KEYS") or DEV_API_KEYS
+        # The embedded broker's quirks (no idempotent producers, a short fetch wait), unless the
+        # environment says otherwise; a real Kafka (LOYALTY_KAFKA_BOOTSTRAP) gets the defaults.
+        base = client_env() if self.broker is not None else dict(os.environ)
         for name in SERVICES:
             env = {
-                **os.environ,
+                **base,
                 f"{name.upper()}_DATABASE_URL": urls[name],
                 "LOYALTY_KAFKA_BOOTSTRAP": bootstrap,
                 "LOYALTY_API_KEYS": keys,

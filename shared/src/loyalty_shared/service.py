@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -25,9 +25,10 @@ from .clock import Clock, SystemClock
 from .db import create_engine, resolve_database_url, run_migrations
 from .errors import Conflict, NotFound, document_problems, install_problem_handlers
 from .idempotency import PURGE_IDEMPOTENCY_KEYS, IdempotencyStore, WriteGuardMiddleware
-from .jobs import Job, JobBusy, run_job, scheduler
+from .jobs import Job, JobBusy, job_states, run_job, scheduler
 from .kafka import Handlers, IdempotentConsumer, OutboxRelay, ensure_topics, schedule_replay
 from .kafka.broker import port_open
+from .kafka.connection import KafkaSettingsError, connection_kwargs, connection_problem, describe
 from .kafka.dead_letters import router as dead_letters_router
 from .kafka.inbox import PURGE_PROCESSED_EVENTS
 from .observability import RequestMetricsMiddleware, configure_logging, metrics_payload
@@ -84,6 +85,10 @@ class Runtime:
         return f"loyalty-{self.name}"
 
     async def start(self, *, background: bool = True) -> None:
+        # Kafka settings that cannot work stop the service here, before anything else starts
+        # (KafkaSettingsError, naming the setting).
+        connection_kwargs(self.settings)
+        log.info("kafka_connection", service=self.name, **describe(self.settings))
         url = await resolve_database_url(self.settings)
         self._engine = create_engine(url)
         await run_migrations(self._engine, self.definition.migrations)
@@ -96,6 +101,7 @@ class Runtime:
             batch_size=self.settings.outbox_batch_size,
             clock=self.clock,
             retention=timedelta(days=self.settings.outbox_retention_days),
+            settings=self.settings,
         )
         if self.definition.handlers is not None and self.definition.consumes:
             self.consumer = IdempotentConsumer(
@@ -108,6 +114,7 @@ class Runtime:
                 batch_size=self.settings.consumer_batch_size,
                 max_retries=self.settings.consumer_max_retries,
                 after_commit=self.relay.wake,
+                settings=self.settings,
             )
         if not background:
             return
@@ -138,6 +145,7 @@ class Runtime:
             self.settings.topic_partitions,
             self.settings.topic_replication,
             attempts=10**6,
+            settings=self.settings,
         )
         assert self.relay is not None
         runners = [self.relay.run()]
@@ -229,10 +237,19 @@ class Runtime:
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
-        host, _, port = self.settings.bootstrap_servers.split(",")[0].rpartition(":")
-        ok = await asyncio.to_thread(port_open, host or "127.0.0.1", int(port or 9092), 1.0)
-        checks["broker"] = "ok" if ok else "unavailable"
+        checks["broker"] = await self._broker_check()
         return checks
+
+    async def _broker_check(self) -> str:
+        bootstrap = self.settings.bootstrap_servers
+        if self.settings.kafka_security_protocol == "PLAINTEXT":
+            host, _, port = bootstrap.split(",")[0].rpartition(":")
+            ok = await asyncio.to_thread(port_open, host or "127.0.0.1", int(port or 9092), 1.0)
+            return "ok" if ok else "unavailable"
+        # TLS or SASL: reachable is not enough; a connection as the clients make it (the CA, the
+        # client certificate, the SASL login) says whether the broker takes us.
+        problem = await connection_problem(bootstrap, self.settings, timeout=2.0)
+        return "ok" if problem is None else f"unavailable: {problem}"
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -286,6 +303,31 @@ class JobRunResult(BaseModel):
     counts: dict[str, Any]
 
 
+class JobLastRun(BaseModel):
+    as_of: datetime
+    started_at: datetime
+    finished_at: datetime
+    status: Literal["ok", "error"]
+    counts: dict[str, Any]
+    scheduled: bool = Field(description="false: run on demand, which claims no period")
+    error: str | None = Field(None, description="a failed run's error: class and SQLSTATE")
+
+
+class JobState(BaseModel):
+    job: str
+    every_seconds: int
+    description: str
+    last_run: JobLastRun | None
+    next_due_at: datetime = Field(
+        description="the start of the next period to run (periods are aligned on the UTC "
+        "epoch); a time already past: due now, a replica runs it at its scheduler's next look"
+    )
+
+
+class JobList(BaseModel):
+    items: list[JobState]
+
+
 class ReplayRequest(RequestModel):
     since: AwareDatetime
 
@@ -294,18 +336,9 @@ class ReplayResult(BaseModel):
     scheduled: int
 
 
-@admin.get("/jobs", summary="The jobs this service runs on a schedule")
-async def list_jobs(runtime: RuntimeDep) -> dict[str, Any]:
-    return {
-        "items": [
-            {
-                "job": j.name,
-                "every_seconds": int(j.every.total_seconds()),
-                "description": j.description,
-            }
-            for j in runtime.jobs
-        ]
-    }
+@admin.get("/jobs", summary="The jobs this service runs on a schedule, their last runs")
+async def list_jobs(runtime: RuntimeDep) -> JobList:
+    return JobList.model_validate({"items": await job_states(runtime)})
 
 
 @admin.post("/jobs/{job}/run", summary="Run a job now, as if the clock read as_of")
@@ -397,7 +430,13 @@ def main(definition_factory: Callable[[], ServiceDefinition], argv: list[str] | 
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else "serve"
     definition = definition_factory()
-    settings = ServiceSettings.for_service(definition.name)
+    try:
+        settings = ServiceSettings.for_service(definition.name)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "LOYALTY_" + "_".join(str(p) for p in error["loc"]).upper()
+            print(f"{definition.name}: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     if command == "migrate":
 
@@ -413,6 +452,12 @@ def main(definition_factory: Callable[[], ServiceDefinition], argv: list[str] | 
         return 0
     if command == "serve":
         import uvicorn
+
+        try:  # Kafka settings that cannot work: say which, and exit before serving
+            connection_kwargs(settings)
+        except KafkaSettingsError as exc:
+            log.error("kafka_settings_invalid", service=definition.name, error=str(exc))
+            return 2
 
         app = create_app(definition, settings=settings)
         uvicorn.run(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_PORT_OFFSETS = {
@@ -29,6 +30,9 @@ ALL_SCOPES = (
 
 DEV_API_KEYS = "dev-key=" + ",".join(ALL_SCOPES)
 
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
 
 class PlatformSettings(BaseSettings):
     """Platform-wide settings, read from `LOYALTY_*` environment variables."""
@@ -39,6 +43,21 @@ class PlatformSettings(BaseSettings):
     port_base: int = 8000
     kafka_port: int = 9092
     kafka_bootstrap: str = ""
+    # How every Kafka client connects (contract §3); `kafka/connection.py` turns these into the
+    # clients' arguments and refuses, at start, a combination that cannot work.
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None  # never logged: repr shows '**********'
+    kafka_ssl_ca_file: Path | None = None  # unset: the system's trusted CAs
+    kafka_ssl_cert_file: Path | None = None  # a client certificate (mutual TLS), with its key
+    kafka_ssl_key_file: Path | None = None
+    # Idempotent producers (enable_idempotence, acks=all) as a real Kafka wants; the embedded
+    # broker (tansu 0.6) has no InitProducerId, so its stack turns this off (kafka/broker.py).
+    kafka_idempotent_producer: bool = True
+    # How long a fetch may wait on the broker for records. Kafka answers a parked fetch as soon
+    # as records arrive; the embedded broker only after the full wait, so its stack shortens it.
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=0)
     api_keys: str = ""
     # Requests per second and burst per API key and process (429 `rate_limited` beyond them);
     # generous enough for the benchmarks (1000 coupon requests/s from one key). 0: no limit.
@@ -57,6 +76,26 @@ class PlatformSettings(BaseSettings):
     scheduler_enabled: bool = True
     log_level: str = "INFO"
     host: str = "127.0.0.1"
+
+    @field_validator(
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_ca_file",
+        "kafka_ssl_cert_file",
+        "kafka_ssl_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `LOYALTY_KAFKA_SSL_CA_FILE=` (an empty variable, as manifests often leave one) is unset
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        # `sasl_ssl`, `scram-sha-512` (Strimzi's spelling) are the same settings
+        return value.strip().upper() if isinstance(value, str) else value
 
     @property
     def bootstrap_servers(self) -> str:

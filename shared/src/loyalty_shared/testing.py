@@ -26,7 +26,7 @@ import pytest_asyncio
 
 from .clock import Clock
 from .db import EmbeddedCluster, drop_database, ensure_database, to_async_url
-from .kafka.broker import EmbeddedBroker, free_port
+from .kafka.broker import EmbeddedBroker, client_settings, free_port, use_client_settings
 from .service import Runtime, ServiceDefinition, create_app
 from .settings import ALL_SCOPES, ServiceSettings
 
@@ -39,6 +39,14 @@ READ_ONLY_AUTH = {"Authorization": f"Bearer {READ_ONLY_KEY}"}
 
 def _backend() -> str:
     return os.environ.get("LOYALTY_TEST_BACKEND", "embedded")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Most tests talk to an embedded broker (the session's, or one of their own): every Kafka
+    # client of the test process, and the service processes it starts, get its client settings
+    # (no idempotent producers, a short fetch wait) unless the environment sets them. They suit
+    # a real Kafka too; `LOYALTY_KAFKA_IDEMPOTENT_PRODUCER=true` tests idempotence on one.
+    use_client_settings()
 
 
 @pytest.fixture(scope="session")
@@ -128,8 +136,9 @@ async def start_service(
         kafka_bootstrap=bootstrap,
         api_keys=TEST_API_KEYS,
         data_dir=Path(tempfile.mkdtemp(prefix="loyalty-test-data-")),
-        scheduler_enabled=False,
-        **settings,
+        # tests run jobs with as_of, unless told; the embedded broker's client settings (no
+        # idempotent producers, a short fetch wait) unless the environment or the caller says
+        **{"scheduler_enabled": False, **client_settings(), **settings},
     )
     app = create_app(definition, settings=service_settings, clock=clock, background=background)
     runtime: Runtime = app.state.runtime

@@ -2,6 +2,11 @@
 
 `python -m loyalty_shared.kafka.broker` runs it on `LOYALTY_KAFKA_PORT` until interrupted.
 It keeps everything in memory: after a restart the outbox replay brings the events back.
+
+Its clients need two settings that a real Kafka does not want (`CLIENT_ENV`): tansu 0.6 has no
+InitProducerId, so idempotent producers fail on it, and it answers a parked fetch only after the
+full wait. Whatever starts services against it sets them: `make run` (devstack.py), the test
+plugin (testing.py), the chaos suite's service processes and the benchmarks.
 """
 
 from __future__ import annotations
@@ -12,7 +17,40 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+
+# The settings clients of the embedded broker need (tansu 0.6): no idempotent producers (it has
+# no InitProducerId) and a short fetch wait (it answers a parked fetch only after the full wait).
+CLIENT_SETTINGS: dict[str, bool | int] = {
+    "kafka_idempotent_producer": False,
+    "kafka_fetch_max_wait_ms": 100,
+}
+# The same as environment variables, for services started as processes.
+CLIENT_ENV = {
+    f"LOYALTY_{name.upper()}": str(value).lower() for name, value in CLIENT_SETTINGS.items()
+}
+
+
+def client_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's environment) with the embedded broker's client settings
+    where it does not set them itself."""
+    base = dict(os.environ if env is None else env)
+    return {**CLIENT_ENV, **base}
+
+
+def client_settings(env: Mapping[str, str] | None = None) -> dict[str, bool | int]:
+    """The embedded broker's client settings that `env` (default: this process's environment)
+    does not set itself, as settings overrides (`ServiceSettings(**...)`)."""
+    base = os.environ if env is None else env
+    return {k: v for k, v in CLIENT_SETTINGS.items() if f"LOYALTY_{k.upper()}" not in base}
+
+
+def use_client_settings() -> None:
+    """Set the embedded broker's client settings in this process's environment where it does not
+    set them already, so that settings read from it (and child processes) suit the broker."""
+    for name, value in CLIENT_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def broker_binary() -> str:
@@ -105,6 +143,8 @@ def main() -> int:
     port = int(os.environ.get("LOYALTY_KAFKA_PORT", "9092"))
     broker = EmbeddedBroker(port).start()
     print(f"embedded Kafka broker (tansu) listening on 127.0.0.1:{port}", flush=True)
+    settings = " ".join(f"{k}={v}" for k, v in CLIENT_ENV.items())
+    print(f"services against it need: {settings}", flush=True)
 
     def _stop(signum: int, frame: object) -> None:
         broker.stop()

@@ -35,6 +35,8 @@ from ..observability import (
     EVENTS_FAILED,
     EVENTS_PROCESSED,
 )
+from ..settings import PlatformSettings
+from .connection import CONTENT_TYPE, connection_kwargs, log_broker_failure
 from .outbox import make_producer
 from .topics import dlq_topic
 
@@ -147,7 +149,8 @@ class IdempotentConsumer:
         max_retries: int = 3,
         after_commit: AfterCommit | None = None,
         retry_delay: float = 0.2,
-        fetch_max_wait_ms: int = 100,
+        fetch_max_wait_ms: int | None = None,
+        settings: PlatformSettings | None = None,
     ) -> None:
         self.engine = engine
         self.bootstrap = bootstrap
@@ -159,10 +162,16 @@ class IdempotentConsumer:
         self.max_retries = max_retries
         self.after_commit = after_commit
         self.retry_delay = retry_delay
+        # How to connect (TLS, SASL), and the producer's idempotence: `connection.py`.
+        self.settings = settings or PlatformSettings()
         # How long a fetch may wait on the broker for records. Kafka answers a parked fetch as
         # soon as records arrive; a broker that does not (the embedded one) answers after the
-        # full wait, which then lies on every event's path: keep it short.
-        self.fetch_max_wait_ms = fetch_max_wait_ms
+        # full wait, which then lies on every event's path: its stack keeps it short.
+        self.fetch_max_wait_ms = (
+            fetch_max_wait_ms
+            if fetch_max_wait_ms is not None
+            else self.settings.kafka_fetch_max_wait_ms
+        )
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq_producer: Any = None
         self.connected = False
@@ -183,11 +192,14 @@ class IdempotentConsumer:
                 raise
             except Exception as exc:
                 self.connected = False
-                log.warning(
+                await log_broker_failure(
+                    log,
                     "consumer_error",
+                    exc,
+                    self.bootstrap,
+                    self.settings,
                     service=self.service,
                     group=self.group,
-                    error=repr(exc),
                     retry_in=backoff,
                 )
                 await self._close()
@@ -207,6 +219,7 @@ class IdempotentConsumer:
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            **connection_kwargs(self.settings),
         )
         try:
             consumer.subscribe(self.topics, listener=listener)
@@ -214,7 +227,7 @@ class IdempotentConsumer:
         except BaseException:
             await consumer.stop()
             raise
-        producer = make_producer(self.bootstrap)
+        producer = make_producer(self.bootstrap, self.settings)
         try:
             await producer.start()
         except BaseException:
@@ -350,7 +363,9 @@ class IdempotentConsumer:
         from .dead_letters import dead_letter_once  # that module imports this one
 
         assert self._dlq_producer is not None
+        # The DLQ record is the original value: a CloudEvent like any other (contract §2).
         headers = [
+            CONTENT_TYPE,
             ("error", poison.detail[:2000].encode()),
             ("error_reason", poison.reason.encode()),
             ("original_topic", record.topic.encode()),

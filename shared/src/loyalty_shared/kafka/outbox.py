@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..clock import Clock, SystemClock
 from ..events import Event
 from ..observability import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
+from ..settings import PlatformSettings
+from .connection import CONTENT_TYPE, connection_kwargs, log_broker_failure, producer_kwargs
 
 log = structlog.get_logger(__name__)
 
@@ -65,13 +67,16 @@ async def schedule_replay(conn: AsyncConnection, since: datetime) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def make_producer(bootstrap: str, **kwargs: Any) -> AIOKafkaProducer:
-    # Idempotent producers need InitProducerId, which the embedded broker lacks; duplicates
-    # are harmless anyway because every consumer deduplicates by event id.
+def make_producer(
+    bootstrap: str, settings: PlatformSettings | None = None, **kwargs: Any
+) -> AIOKafkaProducer:
+    """A producer connected as the settings say (TLS, SASL: `connection.py`), idempotent with
+    acks=all unless `LOYALTY_KAFKA_IDEMPOTENT_PRODUCER` is off (the embedded broker lacks
+    InitProducerId; duplicates are harmless anyway, since every consumer deduplicates by event
+    id). Without settings, those of the environment."""
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
-        "enable_idempotence": False,
-        "acks": "all",
+        **producer_kwargs(settings or PlatformSettings()),
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": 15000,
@@ -94,9 +99,11 @@ class OutboxRelay:
         retention: timedelta = timedelta(days=7),
         clock: Clock | None = None,
         idle_interval: float = 0.05,
+        settings: PlatformSettings | None = None,
     ) -> None:
         self.engine = engine
         self.bootstrap = bootstrap
+        self.settings = settings or PlatformSettings()  # how to connect (TLS, SASL, idempotence)
         self.service = service
         self.topics = list(topics)
         self.batch_size = batch_size
@@ -123,8 +130,14 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # broker or database down: keep the rows, try again
                 self.connected = False
-                log.warning(
-                    "outbox_relay_error", service=self.service, error=repr(exc), retry_in=backoff
+                await log_broker_failure(
+                    log,
+                    "outbox_relay_error",
+                    exc,
+                    self.bootstrap,
+                    self.settings,
+                    service=self.service,
+                    retry_in=backoff,
                 )
                 await self._close_producer()
                 await asyncio.sleep(backoff)
@@ -164,7 +177,7 @@ class OutboxRelay:
 
     async def _start_producer(self) -> None:
         if self._producer is None:
-            producer = make_producer(self.bootstrap)
+            producer = make_producer(self.bootstrap, self.settings)
             try:
                 await producer.start()
             except BaseException:
@@ -200,7 +213,10 @@ class OutboxRelay:
             OUTBOX_BACKLOG.labels(self.service).set(0)
             return 0
         futures = [
-            await self._producer.send(row.topic, row.value, key=row.key.encode()) for row in rows
+            await self._producer.send(
+                row.topic, row.value, key=row.key.encode(), headers=[CONTENT_TYPE]
+            )
+            for row in rows
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
@@ -244,7 +260,11 @@ class OutboxRelay:
             return
         from aiokafka import AIOKafkaConsumer
 
-        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            **connection_kwargs(self.settings),
+        )
         await probe.start()
         try:
             ends = await probe.end_offsets(partitions)

@@ -8,6 +8,9 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from ..settings import PlatformSettings
+from .connection import connection_kwargs, log_broker_failure
+
 log = structlog.get_logger(__name__)
 
 
@@ -22,14 +25,19 @@ async def ensure_topics(
     replication: int = 1,
     *,
     attempts: int = 60,
+    settings: PlatformSettings | None = None,
 ) -> set[str]:
     """Create the topics that do not exist yet; answer the ones this call created.
 
-    Retries while the broker is not reachable, so that services may start before it.
+    Retries while the broker is not reachable, so that services may start before it. Connects as
+    the settings say (TLS, SASL: `connection.py`; without settings, those of the environment).
     """
+    settings = settings or PlatformSettings()
     delay = 0.2
     for attempt in range(attempts):
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=10000, **connection_kwargs(settings)
+        )
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -53,7 +61,9 @@ async def ensure_topics(
         except (KafkaError, OSError) as exc:
             if attempt == attempts - 1:
                 raise
-            log.warning("broker_unreachable", error=str(exc), retry_in=delay)
+            await log_broker_failure(
+                log, "broker_unreachable", exc, bootstrap, settings, retry_in=delay
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         finally:
