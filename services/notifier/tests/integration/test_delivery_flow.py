@@ -13,6 +13,7 @@ from loyalty_shared.events.members import MemberErased, MemberRegistered, Member
 from loyalty_shared.events.orders import OrderPaid, OrderPlaced, OrderShipped
 from loyalty_shared.events.points import ExpiringLot, PointsExpiringSoon
 from loyalty_shared.events.segments import MemberLifecycleChanged
+from sqlalchemy import text
 
 NIGHT = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)  # 23:30 in Shanghai
 NEXT_MORNING = datetime(2026, 3, 3, 0, 0, tzinfo=UTC)  # 08:00 in Shanghai
@@ -530,3 +531,106 @@ async def test_an_offer_that_arrives_before_the_sign_up_waits_for_the_consents(
     assert (
         len([m for m in providers["email"][0].to(member) if m.event_type == "coupon.issued"]) == 1
     )
+
+
+async def test_a_template_failing_on_a_members_data_fails_the_delivery_without_quoting_it(
+    notifier: Harness, caplog
+):
+    """The template renders with the sample data when saved (the sample member is silver) and
+    fails at send time on the member's name; the failure says what and where, never the name."""
+    import structlog
+
+    providers = notifier.use({"sms": [ScriptedProvider("sms-primary")]})
+    name = "Ada Lovelace-13800138000"
+    member = notifier.members.add(new_member(), name=name, email=None, wechat=None, push=None)
+    url = "/v1/templates/order.shipped/sms/zh-CN"
+    body = '订单已发出\n{% if member.tier == "bronze" %}{{ member.name | localtime }}{% endif %}'
+    put = await notifier.client.put(url, json={"body": body})
+    assert put.status_code == 200, put.text
+    try:
+        with structlog.testing.capture_logs() as logs, caplog.at_level("DEBUG"):
+            await notifier.deliver(shipped(member))
+            await notifier.run_job("dispatch", T0)
+    finally:
+        await notifier.client.delete(url)
+    sms = (await notifier.deliveries(member))[("order.shipped", "sms")]
+    assert sms["status"] == "failed"
+    assert sms["reason"] == "template_error: ValueError at line 2"
+    assert providers["sms"][0].to(member) == []
+    (failed,) = await notifier.notifications(member, "failed")
+    assert failed["reason"] == sms["reason"]
+    stored = await notifier.sql("SELECT reason FROM deliveries WHERE member_id = :m", m=member)
+    published = await notifier.sql("SELECT value FROM outbox WHERE key = :m", m=member)
+    for said in (
+        *[r.reason or "" for r in stored],
+        *[bytes(r.value).decode() for r in published],
+        repr(logs),
+        caplog.text,
+    ):
+        assert "Ada" not in said and "13800138000" not in said
+
+
+async def test_a_stored_template_over_the_limits_fails_its_delivery_not_the_service(
+    notifier: Harness,
+):
+    """A template saved before the limits existed (written straight into the table) fails the
+    deliveries that use it; the dispatcher goes on with the others."""
+    import time
+
+    providers = notifier.use({"sms": [ScriptedProvider("sms-primary")]})
+    member = notifier.members.add(new_member(), email=None, wechat=None, push=None)
+    bomb = (
+        "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(45) }}"
+    )
+    async with notifier.runtime.transaction() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO templates (event_type, channel, locale, subject, body, updated_at) "
+                "VALUES ('order.shipped', 'sms', 'zh-CN', NULL, :b, :now)"
+            ),
+            {"b": bomb, "now": T0},
+        )
+    notifier.notifier.templates.invalidate()
+    try:
+        await notifier.deliver(shipped(member))
+        started = time.monotonic()
+        counts = await notifier.run_job("dispatch", T0)
+        assert time.monotonic() - started < 5
+    finally:
+        await notifier.client.delete("/v1/templates/order.shipped/sms/zh-CN")
+    statuses = await notifier.statuses(member, "order.shipped")
+    assert statuses["sms"][0] == "failed"
+    assert statuses["sms"][1].startswith("template_error: RenderLimitExceeded")
+    assert statuses["inbox"] == ("sent", None)  # the built-in inbox template is fine
+    assert counts["failed"] >= 1 and counts["sent"] >= 1
+    assert providers["sms"][0].to(member) == []
+
+
+async def test_erasure_forgets_the_stored_answers_to_idempotency_keys(notifier: Harness):
+    """Marking an inbox message read with an Idempotency-Key stores the answer (title and body)
+    for replays; the member's erasure deletes it in the same transaction (docs/http.md)."""
+    notifier.use({})
+    member = notifier.members.add(new_member(), email=None, phone=None, wechat=None, push=None)
+    await notifier.deliver(shipped(member))
+    await notifier.run_job("dispatch", T0)
+    (message,) = await notifier.inbox(member)
+    path = f"/v1/members/{member}/inbox/{message['message_id']}/read"
+    read = await notifier.client.post(path, headers={"Idempotency-Key": f"read-{member}"})
+    assert read.status_code == 200, read.text
+    again = await notifier.client.post(path, headers={"Idempotency-Key": f"read-{member}"})
+    assert again.headers.get("idempotent-replayed") == "true"
+
+    def holding(rows: list) -> list:
+        texts = [message["body"].encode(), (message["title"] or message["body"]).encode()]
+        return [r for r in rows if any(t in bytes(r.response_body or b"") for t in texts)]
+
+    everything = "SELECT key, path, response_body FROM idempotency_keys"
+    assert holding(await notifier.sql(everything))  # the answer holds the message's text
+
+    erased = event("member.erased", MemberErased(member_id=member, occurred_at=T0), member)
+    await notifier.deliver(erased)
+    rows = await notifier.sql(everything)
+    assert holding(rows) == []
+    assert [r.key for r in rows if member in r.path] == []
+    after = await notifier.client.post(path, headers={"Idempotency-Key": f"read-{member}"})
+    assert after.status_code == 404  # a new request: the message went with the inbox

@@ -3,8 +3,11 @@ inbox with paging, scopes and problem codes."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
 
+import pytest
 from loyalty_notifier.testing import T0, Harness, ScriptedProvider, event, new_member
 from loyalty_shared.events.orders import OrderDelivered, OrderPaid
 from loyalty_shared.testing import READ_ONLY_AUTH
@@ -263,3 +266,83 @@ async def test_template_texts_are_stored_verbatim(notifier: Harness):
     nul = await notifier.client.put(url, json={"subject": "a\x00b", "body": "x"})
     assert nul.status_code == 422 and nul.json()["code"] in ("validation_error", "invalid_template")
     assert (await notifier.client.delete(url)).status_code == 204
+
+
+# Templates that cost too much to render (contract §7: a template that cannot be used is a 422
+# invalid_template). `9**9**9` is (9**9)**9 in Jinja2, a harmless 78-digit number; the power
+# that hurts is 9**(9**9).
+COSTLY_TEMPLATES = {
+    "repeat": '{{ "x" * 10**9 }}',
+    "repeat by a variable": '{% set n = 999999999 %}{{ "x" * n }}',
+    "power": "{{ 9**(9**9) }}",
+    "nested ranges": (
+        "{% for a in range(100000) %}{% for b in range(100000) %}.{% endfor %}{% endfor %}"
+    ),
+    "nested ranges under the range limit": (
+        "{% for a in range(10000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}x"
+    ),
+    "huge loop with output": "{% for i in range(10**9) %}{{ i }}{% endfor %}",
+    "concatenation in a loop": (
+        '{% set ns = namespace(s="x") %}{% for i in range(100) %}'
+        "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"
+    ),
+    "concatenate then repeat": '{{ ("x" ~ "y") * 10**8 }}',
+    "recursive macro": "{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}",
+    "macro calling itself twice": (
+        "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(45) }}"
+    ),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("body", COSTLY_TEMPLATES.values(), ids=COSTLY_TEMPLATES.keys())
+async def test_a_costly_template_is_refused_and_the_service_keeps_answering(
+    notifier: Harness, body: str
+):
+    url = "/v1/templates/order.shipped/sms/en"
+    started = time.monotonic()
+    saving = asyncio.create_task(notifier.client.put(url, json={"body": body}))
+    await asyncio.sleep(0.02)  # the save is under way (rendering, unless it was refused at once)
+    asked = time.monotonic()
+    other = await notifier.client.get("/v1/templates/order.shipped/email/en")
+    answered = time.monotonic() - asked
+    response = await saving
+    took = time.monotonic() - started
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "invalid_template" and problem["detail"]
+    assert took < 3, took
+    assert other.status_code == 200 and answered < 0.5, answered
+    assert (await notifier.client.get(url)).json()["source"] == "builtin"  # nothing was saved
+
+
+@pytest.mark.timeout(60)
+async def test_other_requests_are_answered_while_a_template_renders(notifier: Harness):
+    """The rendering runs in a worker thread: a GET made while it runs answers before it."""
+    url = "/v1/templates/order.shipped/sms/en"
+    saving = asyncio.create_task(
+        notifier.client.put(url, json={"body": COSTLY_TEMPLATES["macro calling itself twice"]})
+    )
+    await asyncio.sleep(0.05)
+    health = await notifier.client.get("/v1/templates/order.shipped/email/en")
+    assert health.status_code == 200
+    assert not saving.done()  # the save is still rendering, and the GET was answered
+    response = await saving
+    assert response.status_code == 422
+    assert "RenderLimitExceeded" in response.json()["detail"]
+
+
+async def test_the_limits_are_explained_when_a_template_is_refused(notifier: Harness):
+    response = await notifier.client.put(
+        "/v1/templates/order.shipped/sms/en", json={"body": '{{ "x" * 10**9 }}'}
+    )
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith("the template cannot be used: RenderLimitExceeded: ")
+    assert "262144 characters" in detail
+    ok = await notifier.client.put(
+        "/v1/templates/order.shipped/sms/en",
+        json={"body": "{% for i in range(3) %}{{ i }}{% endfor %} {{ 'ab' * 2 }} {{ 2**10 }}"},
+    )
+    assert ok.status_code == 200, ok.text
+    assert (await notifier.client.delete("/v1/templates/order.shipped/sms/en")).status_code == 204

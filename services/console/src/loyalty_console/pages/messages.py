@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from jinja2 import DebugUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import DebugUndefined
+from loyalty_shared.templating import LimitedSandbox, run_off_loop
 
 from ..i18n import TIMEZONE
 from ..neighbours import ApiError
@@ -80,7 +80,7 @@ def _money(minor: Any, currency: str = "CNY") -> str:
 def render_preview(subject: str, body: str, locale: str, channel: str) -> tuple[str, str]:
     """The template on sample data, like the notifier renders it (sandboxed). Fields the
     sample lacks stay as written; the notifier checks the template for real when it is saved."""
-    env = SandboxedEnvironment(undefined=DebugUndefined, autoescape=False)
+    env = LimitedSandbox(undefined=DebugUndefined, autoescape=False)  # the notifier's limits
     env.filters["money"] = _money
     env.filters["localdate"] = lambda v: t.date().isoformat() if (t := _time(v)) else str(v)
     env.filters["localtime"] = lambda v: t.strftime("%Y-%m-%d %H:%M") if (t := _time(v)) else str(v)
@@ -160,8 +160,10 @@ async def save_template(console: ActionDep, event_type: str, channel: str, local
     do = text(form, "do")
     if do == "preview":
         try:
-            preview = render_preview(values["subject"], values["body"], locale, channel)
-        except TemplateError as exc:
+            preview = await run_off_loop(
+                render_preview, values["subject"], values["body"], locale, channel
+            )
+        except Exception as exc:  # template errors, the limits, `1 + "x"`...: shown inline
             return await _editor(
                 console,
                 event_type,

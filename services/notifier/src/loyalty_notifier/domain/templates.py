@@ -1,5 +1,8 @@
 """Message templates: sandboxed Jinja2 per (message type, channel, locale), built-in defaults,
-resolution with locale fallback, rendering and save-time validation."""
+resolution with locale fallback, rendering and save-time validation.
+
+Templates render in `rendering.LimitedSandbox` (limits on time, size and steps; see there), off
+the event loop (`render_off_loop`, `validate_off_loop`)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,15 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, pass_context
+from jinja2 import StrictUndefined, TemplateSyntaxError, pass_context
 from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment
+from loyalty_shared.templating import (
+    DEFAULT_LIMITS,
+    LimitedSandbox,
+    RenderLimitExceeded,
+    budget,
+    run_off_loop,
+)
 
 from .builtin_templates import EMAIL_FRAME, SMS_BRAND, TEXTS
 from .policy import CHANNELS, DEFAULT_LOCALE, LOCALES, zone
@@ -43,8 +52,44 @@ class Rendered:
 
 
 class InvalidTemplate(Exception):
-    """A template that cannot be used: it does not compile, fails on sample data, or names an
-    unknown channel or locale."""
+    """A template that cannot be used: it does not compile, fails on sample data, is over the
+    rendering limits, or names an unknown channel or locale.
+
+    `str(exc)` is the full explanation, for whoever saves the template (it may quote the data it
+    was rendered with: only sample data at save time). `public` is what may be stored and
+    published about a failure at send time: the kind of error and where in the template, never
+    a value of the message's context (a member's name can turn up in an error's message)."""
+
+    def __init__(self, detail: str, *, kind: str = "InvalidTemplate", line: int | None = None):
+        super().__init__(detail)
+        self.kind = kind
+        self.line = line
+
+    @classmethod
+    def from_error(cls, exc: BaseException) -> InvalidTemplate:
+        kind = type(exc).__name__
+        if isinstance(exc, RenderLimitExceeded):
+            kind = f"{kind} ({exc.limit})"
+        return cls(f"{type(exc).__name__}: {exc}", kind=kind, line=_template_line(exc))
+
+    @property
+    def public(self) -> str:
+        where = f" at line {self.line}" if self.line else ""
+        return f"template_error: {self.kind}{where}"
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line an error was raised at: Jinja2 rewrites tracebacks so that template
+    code appears as frames of the file `<template>`."""
+    if isinstance(exc, TemplateSyntaxError):
+        return exc.lineno
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def _channel_template(channel: str, subject: str, body: str, locale: str) -> tuple[str | None, str]:
@@ -127,10 +172,8 @@ def localdate(context: Context, value: Any) -> str:
     return str(localtime(context, value, "%Y-%m-%d"))
 
 
-def _environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
-    )
+def _environment() -> LimitedSandbox:
+    env = LimitedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
     env.filters.update(money=money, localtime=localtime, localdate=localdate)
     return env
 
@@ -144,15 +187,24 @@ def _compile(source: str) -> Any:
 
 
 def render(template: Template, context: Mapping[str, Any]) -> Rendered:
-    """Render a template; raises InvalidTemplate saying why it cannot be."""
+    """Render a template (subject and body under one budget of `rendering.DEFAULT_LIMITS`);
+    raises InvalidTemplate saying why it cannot be. Blocks for up to the time limit: from async
+    code use `render_off_loop`."""
     try:
-        subject = _compile(template.subject).render(context) if template.subject else None
-        body = _compile(template.body).render(context)
-    except TemplateError as exc:
-        raise InvalidTemplate(f"{type(exc).__name__}: {exc}") from exc
-    except Exception as exc:  # a filter given the wrong type, a division by zero...
-        raise InvalidTemplate(f"{type(exc).__name__}: {exc}") from exc
+        with budget(DEFAULT_LIMITS):
+            subject = _compile(template.subject).render(context) if template.subject else None
+            body = _compile(template.body).render(context)
+    except Exception as exc:  # template errors, limits, a filter given the wrong type...
+        raise InvalidTemplate.from_error(exc) from exc
     return Rendered(subject.strip() if subject else None, body.strip())
+
+
+async def render_off_loop(template: Template, context: Mapping[str, Any]) -> Rendered:
+    """`render` in a template worker thread: the event loop goes on serving meanwhile."""
+    try:
+        return await run_off_loop(render, template, context)
+    except RenderLimitExceeded as exc:  # gave up waiting for the worker
+        raise InvalidTemplate.from_error(exc) from exc
 
 
 def validate(template: Template, sample: Mapping[str, Any]) -> Rendered:
@@ -170,6 +222,14 @@ def validate(template: Template, sample: Mapping[str, Any]) -> Rendered:
     if not rendered.body:
         raise InvalidTemplate("the body renders to an empty message")
     return rendered
+
+
+async def validate_off_loop(template: Template, sample: Mapping[str, Any]) -> Rendered:
+    """`validate` in a template worker thread."""
+    try:
+        return await run_off_loop(validate, template, sample)
+    except RenderLimitExceeded as exc:
+        raise InvalidTemplate.from_error(exc) from exc
 
 
 def message_context(

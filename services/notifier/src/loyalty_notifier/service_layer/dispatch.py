@@ -36,7 +36,13 @@ from ..domain.policy import (
     counts_toward_cap,
     decide,
 )
-from ..domain.templates import InvalidTemplate, Rendered, message_context, render, resolve
+from ..domain.templates import (
+    InvalidTemplate,
+    Rendered,
+    message_context,
+    render_off_loop,
+    resolve,
+)
 from .context import Notifier
 from .deliveries import outcome_event
 
@@ -138,7 +144,7 @@ async def _process(
             preferences.locale = contact.locale or preferences.locale
             preferences.consents = dict(contact.consents)
             preferences.known = True
-        outcome = _check(notifier, row, state, preferences, contact, custom, as_of)
+        outcome = await _check(notifier, row, state, preferences, contact, custom, as_of)
         outcome.timezone = preferences.timezone
         outcomes.append(outcome)
         if outcome.status == "sending":
@@ -159,7 +165,7 @@ async def _process(
     return outcomes
 
 
-def _check(
+async def _check(
     notifier: Notifier,
     row: dict[str, Any],
     state: SendState,
@@ -168,7 +174,10 @@ def _check(
     custom: dict[Any, Any],
     as_of: datetime,
 ) -> Outcome:
-    """Everything that decides a delivery before it is sent, in the order that explains best."""
+    """Everything that decides a delivery before it is sent, in the order that explains best.
+    The template renders in a worker thread under the rendering limits; one that fails fails
+    this delivery, with a reason that says what went wrong and where in the template but never
+    quotes the message's data (an error's message may: a member's name, say)."""
     channel = row["channel"]
     if contact is not None and contact.erased:
         preferences.erased = True
@@ -198,9 +207,9 @@ def _check(
         channel=channel,
     )
     try:
-        rendered = render(template, context)
+        rendered = await render_off_loop(template, context)
     except InvalidTemplate as exc:
-        return Outcome(row, "failed", f"template_error: {exc}"[:500], None, state)
+        return Outcome(row, "failed", exc.public[:500], None, state)
     row["locale"] = template.locale
     return Outcome(row, "sending", None, None, state, rendered=rendered)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from loyalty_shared.events import NOTIFICATIONS, REGISTRY, Event
+from loyalty_shared.idempotency import forget_answers_about
 from loyalty_shared.kafka import Handlers, add_to_outbox
 from loyalty_shared.service import Runtime
 from sqlalchemy import text
@@ -176,7 +177,9 @@ async def forget_erased(
     notifier: Notifier, conn: AsyncConnection, member_ids: list[str], now: datetime
 ) -> None:
     """An erased member gets nothing more: open deliveries are suppressed, stored messages and
-    pending reminders dropped, cached contact data forgotten."""
+    pending reminders dropped, cached contact data forgotten, and the stored answers to
+    Idempotency-Keys about the member (marking an inbox message read answers the message's
+    title and body) deleted, all in the consumer's transaction (docs/http.md)."""
     suppressed = [
         dict(r._mapping)
         for r in await conn.execute(
@@ -202,5 +205,7 @@ async def forget_erased(
         ),
         {"m": member_ids, "now": now},
     )
+    for member_id in member_ids:
+        await forget_answers_about(conn, member_id)
     for member_id in member_ids:
         notifier.directory.forget(member_id)

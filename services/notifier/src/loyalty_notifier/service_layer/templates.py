@@ -17,7 +17,7 @@ from ..domain.templates import (
     Template,
     TemplateKey,
     message_context,
-    validate,
+    validate_off_loop,
 )
 from .context import Notifier
 
@@ -117,7 +117,9 @@ async def save_template(
         )
     template = Template(event_type, channel, locale, subject, body)
     try:
-        validate(template, sample_context(event_type, channel, locale))
+        # off the event loop, within the rendering limits (time, size, steps): a template that
+        # cannot render within them is refused here rather than failing every delivery later
+        await validate_off_loop(template, sample_context(event_type, channel, locale))
     except InvalidTemplate as exc:
         raise Unprocessable(
             "invalid_template",
