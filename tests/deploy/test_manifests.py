@@ -1,6 +1,7 @@
 """The Kubernetes manifests and the Dockerfiles say what the code needs: every topic and dead-letter
 topic, probes on the service's own port, a database and the connections for every replica, a
-hardened pod; `make k8s-validate` checks the schemas, these tests check the meaning."""
+hardened pod, and the console (no database: no init container) with its shared session secret;
+`make k8s-validate` checks the schemas, these tests check the meaning."""
 
 from __future__ import annotations
 
@@ -20,10 +21,16 @@ from loyalty_shared.settings import SERVICE_PORT_OFFSETS, ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ["member", "points", "coupon", "notifier", "segmenter"]
+CONSOLE = "console"  # pages over the five services' APIs: no database, no topics
 OVERLAYS = ["dev", "prod"]
 # Secrets the manifests reference but do not hold: CloudNativePG writes `<service>-db-app`, the
-# platform team creates the API keys (dev generates them), the notifier's providers are optional.
-EXTERNAL_SECRETS = {f"{s}-db-app" for s in SERVICES} | {"loyalty-api-keys", "notifier-providers"}
+# platform team creates the API keys and the console's session secret (dev generates both), the
+# notifier's providers are optional.
+EXTERNAL_SECRETS = {f"{s}-db-app" for s in SERVICES} | {
+    "loyalty-api-keys",
+    "console-session",
+    "notifier-providers",
+}
 
 
 def _load_validate() -> Any:
@@ -214,7 +221,8 @@ def test_every_reference_resolves_and_every_object_is_in_the_namespace(
         assert pod["serviceAccountName"] in {
             o["metadata"]["name"] for o in objects.of("ServiceAccount")
         }
-        for container in pod["containers"] + pod["initContainers"]:
+        # Only the five services migrate a database in an init container; the console has none.
+        for container in pod["containers"] + pod.get("initContainers", []):
             for source in container.get("envFrom", []):
                 assert source["configMapRef"]["name"] in present
             for variable in container.get("env", []):
@@ -237,6 +245,90 @@ def test_every_reference_resolves_and_every_object_is_in_the_namespace(
         for s in objects.of("Service")
         if wanted <= s["metadata"]["labels"].items()
     } == set(SERVICES)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_console_runs_hardened_without_a_database_and_shares_its_session_secret(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    objects = Objects(rendered[overlay])
+    deployment = objects.get("Deployment", CONSOLE)
+    pod = deployment["spec"]["template"]["spec"]
+    # No autoscaler: a fixed number of replicas, more than one (sessions are sealed cookies
+    # every replica opens, so no sticky sessions and no single pod to lose).
+    autoscalers = objects.of("HorizontalPodAutoscaler")
+    assert CONSOLE not in {a["spec"]["scaleTargetRef"]["name"] for a in autoscalers}
+    assert deployment["spec"]["replicas"] >= (3 if overlay == "prod" else 2)
+    if overlay == "prod":
+        assert "podAntiAffinity" in pod["affinity"]
+    assert "initContainers" not in pod, "the console has no database to migrate"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+
+    base = int(objects.config("loyalty-platform")["LOYALTY_PORT_BASE"])
+    port = base + SERVICE_PORT_OFFSETS[CONSOLE]
+    [main] = pod["containers"]
+    assert main["ports"] == [{"name": "http", "containerPort": port}]
+    assert main["args"] == ["serve"]
+    assert re.search(r"(^|/)(loyalty-)?console:[^/]+$", main["image"]), main["image"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert main[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    security = main["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert {"/tmp"} <= {m["mountPath"] for m in main["volumeMounts"]}
+    resources = main["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+
+    env = {e["name"]: e for e in main["env"]}
+    # One secret for every replica, and no pod without it (not optional).
+    secret = env["CONSOLE_SESSION_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "console-session", "key": "CONSOLE_SESSION_SECRET"}
+    # Behind the TLS ingress (deploy/README.md): its forwarded headers believed, cookies Secure.
+    assert env["FORWARDED_ALLOW_IPS"]["value"] == "*"
+    assert env["CONSOLE_COOKIE_SECURE"]["value"] == "true"
+    # The console signs in with each operator's key: it holds none of its own, nor a database.
+    assert not {"LOYALTY_API_KEYS", "CONSOLE_DATABASE_URL"} & set(env)
+
+    # The five services' URLs point at their Services and ports.
+    sources = [s["configMapRef"]["name"] for s in main["envFrom"]]
+    assert sources[0].startswith("loyalty-platform")
+    config = objects.config("console-config")
+    assert any(name.startswith("console-config") for name in sources)
+    for name in SERVICES:
+        service = objects.get("Service", name)
+        [service_port] = service["spec"]["ports"]
+        assert config[f"CONSOLE_{name.upper()}_URL"] == f"http://{name}:{service_port['port']}"
+
+    generated = [s for s in objects.of("Secret") if s["metadata"]["name"] == "console-session"]
+    if overlay == "dev":
+        assert [set(s["data"]) for s in generated] == [{"CONSOLE_SESSION_SECRET"}]
+    else:  # the platform team creates it (deploy/README.md)
+        assert generated == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_consoles_service_and_budget_belong_to_its_deployment(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    objects = Objects(rendered[overlay])
+    deployment = objects.get("Deployment", CONSOLE)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # Not a `service`: the ServiceMonitor (no /metrics) and the services' patches leave it out.
+    assert labels["app.kubernetes.io/component"] == "console"
+    service = objects.get("Service", CONSOLE)
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP", "reached through the ingress"
+    [port] = service["spec"]["ports"]
+    assert port["targetPort"] == "http"
+    assert port["port"] == _container(deployment)["ports"][0]["containerPort"]
+    budget = objects.get("PodDisruptionBudget", CONSOLE)
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert budget["spec"]["maxUnavailable"] == 1
 
 
 def test_images_are_pinned_in_prod(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -271,6 +363,40 @@ def test_dockerfiles_differ_only_in_the_service(name: str) -> None:
     assert "HEALTHCHECK" not in text.replace("# No HEALTHCHECK", "")
 
 
+def _instructions(text: str) -> list[str]:
+    """A Dockerfile's instructions, each with its continuation lines, without the comments."""
+    found: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        pending += line.strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        found.append(pending)
+        pending = ""
+    return found
+
+
+def test_the_consoles_dockerfile_is_the_services_without_migrations() -> None:
+    text = _dockerfile(CONSOLE)
+    port = 8000 + SERVICE_PORT_OFFSETS[CONSOLE]
+    # The same base, uv, lock and user as the services'; nothing to migrate; EXPOSE its port.
+    services = [
+        line.replace("points", CONSOLE).replace("EXPOSE 8002", f"EXPOSE {port}")
+        for line in _instructions(_dockerfile("points"))
+        if "migrations" not in line
+    ]
+    console = [line for line in _instructions(text) if not line.startswith("HEALTHCHECK")]
+    assert console == services
+    assert not [line for line in _instructions(text) if "migrat" in line]
+    # A HEALTHCHECK for `docker run` (Kubernetes probes /healthz itself), on base + 6.
+    [healthcheck] = [line for line in _instructions(text) if line.startswith("HEALTHCHECK")]
+    assert "/healthz" in healthcheck and "LOYALTY_PORT_BASE" in healthcheck and "+ 6" in healthcheck
+    assert "\nUSER 10001:10001\n" in text
+
+
 def _docker_ignored(path: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
     """Docker's rule: the last pattern that matches the path or one of its parents decides."""
     parts = path.split("/")
@@ -300,7 +426,7 @@ def _dockerignore() -> list[tuple[bool, re.Pattern[str]]]:
 
 def test_build_context_holds_what_the_dockerfiles_copy_and_nothing_else() -> None:
     patterns = _dockerignore()
-    for name in SERVICES:
+    for name in [*SERVICES, CONSOLE]:
         sources = re.findall(r"^COPY (?!--from)(\S+)", _dockerfile(name), flags=re.M)
         sources += re.findall(r"source=([^,\s]+)", _dockerfile(name))
         for source in sources:

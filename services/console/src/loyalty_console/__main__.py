@@ -7,6 +7,7 @@ from typing import Any
 
 import uvicorn
 from loyalty_shared.settings import SERVICE_PORT_OFFSETS, PlatformSettings
+from pydantic import ValidationError
 
 from .app import create_app
 from .config import ConsoleSettings
@@ -36,7 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m loyalty_console [serve]", file=sys.stderr)
         return 2
     platform = PlatformSettings()
-    settings = ConsoleSettings()
+    try:
+        settings = ConsoleSettings()
+    except ValidationError as exc:  # e.g. a CONSOLE_SESSION_SECRET too short to be one
+        # Without the values: one of them may be a secret.
+        for error in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in error["loc"])
+            print(f"console_settings_invalid: {where}: {error['msg']}", file=sys.stderr)
+        return 2
     server = uvicorn.Server(
         uvicorn_config(create_app(settings, platform=platform), settings, platform)
     )

@@ -26,7 +26,7 @@ from .config import NEIGHBOURS, ConsoleSettings
 from .i18n import N_
 from .neighbours import ApiError, Neighbours
 from .pages import auth, campaigns, checkout, dashboard, members, messages, segments
-from .sessions import COOKIE, SIGNIN_COOKIE, SessionStore
+from .sessions import COOKIE, SIGNIN_COOKIE, Sessions
 from .throttle import SignInThrottle
 from .web import (
     CsrfRefused,
@@ -89,11 +89,20 @@ def create_app(
     )
     app.state.settings = settings
     app.state.neighbours = neighbours
-    # Sessions live in this process, so a per-process signing secret is all they need.
-    app.state.sessions = SessionStore(
-        secrets.token_urlsafe(32),
+    # Sessions travel sealed in a cookie (sessions.py says why), so any replica with the same
+    # CONSOLE_SESSION_SECRET serves any operator, and a restart signs no one out.
+    session_secrets = settings.session_secrets()
+    if not session_secrets:
+        session_secrets = [secrets.token_urlsafe(32)]
+        log.warning(
+            "console_session_secret_generated",
+            detail="CONSOLE_SESSION_SECRET is not set: a secret was made up for this process; "
+            "sign-ins end when it stops and other replicas do not accept them",
+        )
+    app.state.sessions = Sessions(
+        session_secrets,
         idle_seconds=settings.session_idle_minutes * 60,
-        max_sessions=settings.max_sessions,
+        max_age_seconds=settings.session_max_hours * 3600,
     )
     app.state.signin_throttle = SignInThrottle(settings.signin_failures_per_minute, 60.0)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -106,14 +115,17 @@ def create_app(
         session = getattr(request.state, "console_session", None)
         secure = cookie_secure(request)
         flags: dict[str, Any] = {"httponly": True, "samesite": "strict", "secure": secure}
-        if getattr(request.state, "signed_out", False):
+        if getattr(request.state, "signed_out", False) or getattr(
+            request.state, "session_refused", False
+        ):
+            # Signed out, or a cookie that no longer opens (expired, another secret, altered).
             response.delete_cookie(COOKIE, path="/", **flags)
-        elif session is not None and session.signed_in:
-            sessions: SessionStore = request.app.state.sessions
-            value = sessions.cookie_value(session)
-            if request.cookies.get(COOKIE) != value:
-                response.set_cookie(COOKIE, value, path="/", **flags)
-        elif nonce := getattr(request.state, "signin_nonce", None):
+        elif session is not None and session.signed_in and session.changed:
+            # Signed in, a flash message said or shown, the idle clock stamped again. No
+            # Max-Age: the cookie ends with the browser session, the sealed times sooner.
+            sessions: Sessions = request.app.state.sessions
+            response.set_cookie(COOKIE, sessions.cookie_value(session), path="/", **flags)
+        if nonce := getattr(request.state, "signin_nonce", None):
             # An anonymous visitor's first page: the nonce its forms' token is bound to. No
             # Max-Age: it ends with the browser session; the tokens it backs expire sooner.
             response.set_cookie(SIGNIN_COOKIE, nonce, path="/", **flags)
@@ -188,9 +200,7 @@ def install_error_pages(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
         if exc.status == 401:  # the key was withdrawn while signed in
-            session = current_session(request)
-            request.app.state.sessions.drop(session)
-            request.state.signed_out = True
+            request.state.signed_out = True  # the middleware deletes the cookie
             return Response(status_code=303, headers={"Location": login_url(request)})
         status = exc.status if 400 <= exc.status < 600 else 502
         if status == 500:

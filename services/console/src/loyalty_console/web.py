@@ -18,7 +18,7 @@ from starlette.datastructures import FormData
 
 from . import i18n
 from .neighbours import Api, Neighbours
-from .sessions import COOKIE, SIGNIN_COOKIE, Session, SessionStore
+from .sessions import COOKIE, SIGNIN_COOKIE, Session, Sessions
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -122,20 +122,23 @@ def new_idempotency_key() -> str:
     return "console-" + secrets.token_urlsafe(18)
 
 
-def stores(request: Request) -> tuple[SessionStore, Neighbours]:
+def stores(request: Request) -> tuple[Sessions, Neighbours]:
     return request.app.state.sessions, request.app.state.neighbours
 
 
 def current_session(request: Request) -> Session:
-    """The browser's signed-in session, or an anonymous one that is not stored: it carries
-    only the token of the anonymous forms (sign-in, language), double-submitted with the
-    `console_signin` cookie (sessions.py says why)."""
+    """The browser's signed-in session, opened from its cookie, or an anonymous one that gets
+    no cookie: it carries only the token of the anonymous forms (sign-in, language),
+    double-submitted with the `console_signin` cookie (sessions.py says why)."""
     cached = getattr(request.state, "console_session", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     sessions, _ = stores(request)
-    session = sessions.load(request.cookies.get(COOKIE))
+    cookie = request.cookies.get(COOKIE)
+    session = sessions.load(cookie)
     if session is None:
+        if cookie:
+            request.state.session_refused = True  # the middleware deletes it
         nonce = request.cookies.get(SIGNIN_COOKIE)
         if not sessions.valid_nonce(nonce):
             nonce = sessions.new_signin_nonce()

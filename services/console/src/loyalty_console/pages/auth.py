@@ -93,6 +93,16 @@ async def login(request: Request) -> Response:
     sessions, neighbours = stores(request)
     throttle: SignInThrottle = request.app.state.signin_throttle
     client = _client(request)
+    if not sessions.api_key_fits(key):
+        # Longer than any key the services issue and than a session cookie can carry: a
+        # failed sign-in, answered without asking the services.
+        throttle.failed(client)
+        return _login_page(
+            request,
+            error=t.gettext("The services do not know this API key."),
+            status=401,
+            next_url=next_url,
+        )
     # Too many failures from this address: answered here, before any probe reaches the
     # services, unless the key has signed in on this console before (throttle.py says why).
     wait = throttle.wait(client)
@@ -113,8 +123,8 @@ async def login(request: Request) -> Response:
         seconds = exc.retry_after or retry_after(throttle.wait(client) or 60.0)
         return _wait_page(request, seconds, next_url)
     throttle.remember(key)
-    signed_in = sessions.sign_in(session, key, scopes)
-    request.state.console_session = signed_in
+    request.state.console_session = sessions.sign_in(key, scopes)
+    request.state.session_refused = False  # a stale cookie is replaced, not deleted
     return Response(status_code=303, headers={"Location": next_url or _home(scopes)})
 
 
@@ -122,8 +132,8 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     session = current_session(request)
     await check_csrf(request, session)
-    sessions, _ = stores(request)
-    sessions.drop(session)
+    # The cookie is deleted; nothing is kept to revoke a copy of it, which lives until its
+    # idle or absolute lifetime ends (sessions.py).
     request.state.console_session = None
     request.state.signed_out = True
     return Response(status_code=303, headers={"Location": "/login"})
