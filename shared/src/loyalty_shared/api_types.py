@@ -16,6 +16,10 @@ mode there turns `true` into 1, `10.0` into 10, `"12"` into 12, `5` into `"5"` a
 
 The JSON Schemas (and so the OpenAPI documents) are the same as with the plain types. Use
 `Literal[...]` for enumerations and integers in minor units for amounts (contract §4).
+
+A value that the service's own parser judges (a segment rule, a campaign trigger: it names
+every problem at its place in the value) is annotated `DocumentedAs(model)`: validated as the
+field's type says, documented as the model's schema.
 """
 
 from __future__ import annotations
@@ -30,10 +34,19 @@ from typing import Annotated, Any, get_args, get_origin
 from uuid import UUID
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, Strict
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, Strict
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
-__all__ = ["AwareDatetime", "Date", "RequestModel", "Time"]
+__all__ = ["TIME_ZONE_SCHEMA", "AwareDatetime", "Date", "DocumentedAs", "RequestModel", "Time"]
+
+# What an IANA time zone name looks like (every name of `zoneinfo.available_timezones()` does):
+# the JSON Schema of a field whose validator looks the name up.
+TIME_ZONE_SCHEMA: dict[str, Any] = {
+    "pattern": r"^[A-Za-z][A-Za-z0-9_+/-]*$",
+    "maxLength": 64,
+    "examples": ["Asia/Shanghai"],
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,22 @@ class FromString:
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> CoreSchema:
         return core_schema.no_info_before_validator_function(self.check, handler(source))
+
+
+@dataclass(frozen=True)
+class DocumentedAs:
+    """Annotation: the JSON Schema of the field is `shape`'s (a model, with its definitions),
+    while validation stays the field's own type's (`Any`, say): for a value that code parses
+    and judges itself, so the schema says what the parser takes without a second validation
+    that would answer other errors. Use it on request fields: a model used for both requests
+    and responses is split by FastAPI into `-Input` and `-Output` schemas."""
+
+    shape: type[BaseModel]
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(self.shape.__pydantic_core_schema__)
 
 
 _AWARE = FromString(

@@ -33,6 +33,8 @@ Cursor = Annotated[
         max_length=CURSOR_MAX_LENGTH,
         description="`next_cursor` of the previous page; a cursor this list did not hand out "
         "is refused (422 `validation_error`)",
+        # the alphabet `decode_cursor` checks first (with its own message); empty: page one
+        json_schema_extra={"pattern": "^[A-Za-z0-9_-]*$"},
     ),
 ]
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiokafka import ConsumerRecord
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -148,6 +148,12 @@ class DeadLetterList(BaseModel):
 
 
 class RedriveRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"topic": "loyalty.orders", "since": "2026-11-24T00:00:00Z"}]
+        }
+    )
+
     topic: str | None = None  # only the dead letters of this original topic
     since: AwareDatetime | None = None  # only those dead-lettered at or after this time
 

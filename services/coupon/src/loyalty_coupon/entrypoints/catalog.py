@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, Union
 
 from fastapi import APIRouter, Path, Query
 from loyalty_shared import api_types
-from loyalty_shared.api_types import RequestModel
+from loyalty_shared.api_types import DocumentedAs, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    create_model,
+    model_validator,
+)
 
+from ..domain.campaigns import TRIGGER_PARAMS
 from ..domain.templates import CouponTemplate
 from ..service_layer import bulk, catalog
 
@@ -24,32 +33,108 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 _BIG = 10**12
 
 
+def _at_least(minimum: int) -> Any:
+    """A lower bound `template_problems` checks (naming every field at once), documented."""
+    return Field(json_schema_extra={"minimum": minimum})
+
+
+def _when_kind(kinds: list[str], then: dict[str, Any]) -> dict[str, Any]:
+    return {"if": {"properties": {"kind": {"enum": kinds}}}, "then": then}
+
+
+# The terms `template_problems` checks across fields, as the OpenAPI document states them
+# (422 `validation_error` naming each field). Not stated: a window ends after it starts.
+_TEMPLATE_TERMS: list[Any] = [
+    _when_kind(["amount_off"], {"required": ["value"], "properties": {"value": {"minimum": 1}}}),
+    _when_kind(
+        ["percent_off"],
+        {"required": ["value"], "properties": {"value": {"minimum": 1, "maximum": 100}}},
+    ),
+    _when_kind(["free_shipping", "gift"], {"properties": {"value": {"const": 0}}}),
+    _when_kind(
+        ["amount_off", "free_shipping", "gift"],
+        {"properties": {"max_discount_minor": {"type": "null"}}},
+    ),
+    _when_kind(
+        ["gift"],
+        {"required": ["gift_sku"], "properties": {"gift_sku": {"type": "string", "minLength": 1}}},
+    ),
+    _when_kind(
+        ["amount_off", "percent_off", "free_shipping"],
+        {"properties": {"gift_sku": {"maxLength": 0}}},
+    ),
+    {
+        "if": {"required": ["valid_days"], "properties": {"valid_days": {"type": "integer"}}},
+        "then": {"properties": {"starts_at": {"type": "null"}, "ends_at": {"type": "null"}}},
+        "else": {"required": ["ends_at"], "properties": {"ends_at": {"type": "string"}}},
+    },
+]
+
+
 class TemplateCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "NEW-20OFF",
+                    "name": "20 yuan off your first order over 100",
+                    "kind": "amount_off",
+                    "value": 2000,
+                    "min_spend_minor": 10000,
+                    "valid_days": 30,
+                    "per_member_limit": 1,
+                    "stock": 10000,
+                },
+                {
+                    "code": "TEA-15PCT",
+                    "name": "15% off tea, at most 30 yuan",
+                    "kind": "percent_off",
+                    "value": 15,
+                    "max_discount_minor": 3000,
+                    "categories": ["tea"],
+                    "starts_at": "2026-12-01T00:00:00+08:00",
+                    "ends_at": "2027-01-01T00:00:00+08:00",
+                    "points_cost": 500,
+                },
+            ],
+            "allOf": _TEMPLATE_TERMS,
+        },
+    )
 
     code: str = Field(pattern=CODE, description="your own code, e.g. NEW-20OFF")
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["amount_off", "percent_off", "free_shipping", "gift"]
-    value: int = Field(
+    value: Annotated[int, _at_least(0)] = Field(
         default=0, le=_BIG, description="amount_off: minor units; percent_off: 1-100; else 0"
     )
-    min_spend_minor: int = Field(default=0, le=_BIG)
-    max_discount_minor: int | None = Field(default=None, le=_BIG, description="percent_off cap")
-    gift_sku: str | None = Field(default=None, max_length=64)
-    categories: list[Annotated[str, Field(max_length=64)]] = Field(
-        default_factory=list,
-        max_length=100,
-        description="the coupon applies only to lines in these categories (empty: whole cart)",
+    min_spend_minor: Annotated[int, _at_least(0)] = Field(default=0, le=_BIG)
+    max_discount_minor: Annotated[int, _at_least(1), Field(le=_BIG)] | None = Field(
+        default=None, description="percent_off cap"
     )
-    valid_days: int | None = Field(default=None, le=3650, description="valid N days from issue")
+    gift_sku: str | None = Field(default=None, max_length=64, description="gift coupons only")
+    categories: list[Annotated[str, Field(max_length=64, json_schema_extra={"pattern": r"\S"})]] = (
+        Field(
+            default_factory=list,
+            max_length=100,
+            description="the coupon applies only to lines in these categories (empty: whole cart)",
+        )
+    )
+    valid_days: Annotated[int, _at_least(1), Field(le=3650)] | None = Field(
+        default=None, description="valid N days from issue; or a window, not both"
+    )
     starts_at: api_types.AwareDatetime | None = Field(
         default=None, description="fixed window start"
     )
-    ends_at: api_types.AwareDatetime | None = Field(default=None, description="fixed window end")
-    per_member_limit: int = Field(default=1, le=10**6)
-    stock: int | None = Field(default=None, le=_BIG, description="coupons to issue at most")
-    points_cost: int | None = Field(
-        default=None, le=10**9, description="price in points (coupons:exchange)"
+    ends_at: api_types.AwareDatetime | None = Field(
+        default=None, description="fixed window end (without valid_days, required)"
+    )
+    per_member_limit: Annotated[int, _at_least(1)] = Field(default=1, le=10**6)
+    stock: Annotated[int, _at_least(0), Field(le=_BIG)] | None = Field(
+        default=None, description="coupons to issue at most"
+    )
+    points_cost: Annotated[int, _at_least(1), Field(le=10**9)] | None = Field(
+        default=None, description="price in points (coupons:exchange)"
     )
     currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
 
@@ -59,7 +144,7 @@ class TemplateCreate(RequestModel):
 
 class TemplatePublic(TemplateCreate):
     # A response: rows as stored, validated as before (the strictness is for request bodies).
-    model_config = ConfigDict(extra="ignore", strict=False)
+    model_config = ConfigDict(extra="ignore", strict=False, json_schema_extra=None)
 
     issued_count: int
     stock_left: int | None
@@ -104,13 +189,54 @@ async def get_template(code: CodePath, runtime: RuntimeDep) -> dict[str, Any]:
     return await catalog.get_template(runtime, code)
 
 
+def _trigger(kind: str) -> type[BaseModel]:
+    """The shape of one trigger type, from the table `trigger_problems` checks it by."""
+    fields: dict[str, Any] = {"type": (Literal[kind], ...)}
+    for name, (required, minimum) in TRIGGER_PARAMS[kind].items():
+        value: Any = (
+            Annotated[int, Field(ge=minimum)]
+            if minimum is not None
+            else Annotated[str, Field(min_length=1, max_length=64, pattern=r"\S")]
+        )
+        fields[name] = (value, ...) if required else (value | None, None)
+    title = "".join(p.capitalize() for p in kind.replace(".", "_").split("_"))
+    return create_model(
+        f"{title}Trigger",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"A `{kind}` trigger.",
+        **fields,
+    )
+
+
+class Trigger(RootModel[Union[tuple(_trigger(kind) for kind in TRIGGER_PARAMS)]]):  # type: ignore[misc]  # noqa: UP007
+    """What makes a campaign issue its coupons: `{type, ...}` with the type's parameters.
+    The service checks it (422 `validation_error` at `trigger.<field>`); this is the OpenAPI
+    document's word for what it takes."""
+
+
 class CampaignCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "winback-2026q4",
+                    "name": "Win-back: 20 off for easy win-backs",
+                    "template_codes": ["NEW-20OFF"],
+                    "trigger": {"type": "segment.entered", "segment_code": "easy-winback"},
+                    "starts_at": "2026-10-01T00:00:00+08:00",
+                    "ends_at": "2027-01-01T00:00:00+08:00",
+                    "budget": 5000,
+                    "holdout_percent": 10,
+                }
+            ]
+        },
+    )
 
     code: str = Field(pattern=CODE)
     name: str | None = Field(default=None, max_length=200)
     template_codes: list[Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=20)
-    trigger: dict[str, Any] = Field(
+    trigger: Annotated[dict[str, Any], DocumentedAs(Trigger)] = Field(
         description=(
             "{type, ...}: member.registered | first_order | nth_order {n} | segment.entered "
             "{segment_code} | tier_changed {tier} | birthday | checkin_streak {days} | manual"
@@ -153,7 +279,9 @@ class CampaignPage(BaseModel):
 
 
 class CampaignChange(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"status": "paused"}]}
+    )
 
     status: Literal["active", "paused"]
 
@@ -205,7 +333,32 @@ async def patch_campaign(
 
 
 class BulkIssue(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"segment_code": "easy-winback"},
+                {"member_ids": ["01JD4M3MB3R0000000000000AB", "01JD4M3MB3R0000000000000AC"]},
+            ],
+            # one of them (`_one_source`)
+            "oneOf": [
+                {
+                    "required": ["member_ids"],
+                    "properties": {
+                        "member_ids": {"type": "array"},
+                        "segment_code": {"type": "null"},
+                    },
+                },
+                {
+                    "required": ["segment_code"],
+                    "properties": {
+                        "segment_code": {"type": "string"},
+                        "member_ids": {"type": "null"},
+                    },
+                },
+            ],
+        },
+    )
 
     member_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         default=None, min_length=1, max_length=50_000

@@ -79,7 +79,14 @@ async def get_coupon(
 
 
 class Line(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"sku": "tea-0042", "category": "tea", "quantity": 2, "unit_price_minor": 6400}
+            ]
+        },
+    )
 
     sku: str = Field(min_length=1, max_length=64)
     category: str = Field(min_length=1, max_length=64)
@@ -95,7 +102,26 @@ def _cart(total_minor: int, lines: list[Line] | None) -> Cart:
 
 
 class ValidationRequest(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JD4M3MB3R0000000000000AB",
+                    "total_minor": 12800,
+                    "lines": [
+                        {
+                            "sku": "tea-0042",
+                            "category": "tea",
+                            "quantity": 2,
+                            "unit_price_minor": 6400,
+                        }
+                    ],
+                    "coupon_codes": ["CPN-7H2K-9QX4"],
+                }
+            ]
+        },
+    )
 
     member_id: str = Field(min_length=1, max_length=64)
     total_minor: int = Field(ge=0, le=_BIG)
@@ -143,7 +169,19 @@ async def post_validation(body: ValidationRequest, runtime: RuntimeDep) -> dict[
 
 
 class RedemptionRequest(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "coupon_code": "CPN-7H2K-9QX4",
+                    "member_id": "01JD4M3MB3R0000000000000AB",
+                    "order_id": "sh-001-20261124-0042",
+                    "total_minor": 12800,
+                }
+            ]
+        },
+    )
 
     coupon_code: str = Field(min_length=1, max_length=32)
     member_id: str = Field(min_length=1, max_length=64)
@@ -191,7 +229,9 @@ async def post_redemption(body: RedemptionRequest, runtime: RuntimeDep) -> dict[
 
 
 class ExchangeRequest(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"template_code": "TEA-15PCT"}]}
+    )
 
     template_code: str = Field(min_length=1, max_length=64)
 
@@ -207,6 +247,13 @@ class ExchangePublic(MemberCouponPublic):
     status_code=201,
     response_model=ExchangePublic,
     summary="Buy a coupon with points (through the points service)",
+    responses={
+        503: {
+            "description": "the points service (`points_unavailable`: no coupon was issued, no "
+            "points taken) or the database (`service_unavailable`) is unavailable; retry "
+            "later with the same Idempotency-Key"
+        }
+    },
 )
 async def post_exchange(
     member_id: MemberPath,

@@ -14,6 +14,13 @@ from ..service_layer.birthdays import birthdays_on
 
 router = APIRouter(prefix="/v1", tags=["members"])
 
+# Every MM-DD of a leap year, as `parse_month_day` checks it (422 `validation_error` with its
+# own message otherwise): the OpenAPI document says so, pydantic does not check it again.
+MONTH_DAY_PATTERN = (
+    r"^(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-9])"
+    r"|(?:0[13-9]|1[0-2])-30|(?:0[13578]|1[02])-31)$"
+)
+
 
 class BirthdayMember(BaseModel):
     member_id: str
@@ -38,7 +45,15 @@ class BirthdayList(BaseModel):
 )
 async def list_birthdays(
     runtime: RuntimeDep,
-    on: Annotated[str, Query(max_length=5, description="the day, MM-DD")],
+    on: Annotated[
+        str,
+        Query(
+            max_length=5,
+            description="the day, MM-DD (any day of a leap year)",
+            json_schema_extra={"pattern": MONTH_DAY_PATTERN},
+            examples=["05-17"],
+        ),
+    ],
     year: Annotated[int | None, Query(ge=1, le=9999)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Cursor = None,

@@ -24,6 +24,9 @@ from ..service_layer.cards import CreateCardPlan, invalid
 router = APIRouter(prefix="/v1", tags=["cards"])
 
 MAX_PRICE_MINOR = 10**12
+# A card number as `service.normalise_card_no` reads it: 16 digits, grouped by spaces or dashes
+# if you like, blanks around; checked (with its Luhn digit) by the service, 422 `invalid_card_no`.
+CARD_NO_PATTERN = r"^\s*[ -]*(?:[0-9][ -]*){16}\s*$"
 
 
 class _Body(RequestModel):
@@ -52,10 +55,38 @@ class Benefits(BaseModel):
 
 
 class CardPlanCreate(_Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "vip-year",
+                    "name": "VIP card, one year",
+                    "kind": "paid",
+                    "price_minor": 19900,
+                    "currency": "CNY",
+                    "period": "year",
+                    "benefits": {
+                        "points_multiplier": 1.5,
+                        "discount_percent": 5,
+                        "free_shipping": True,
+                    },
+                }
+            ],
+            # a paid plan has a price and a period, any other kind neither (the service's check)
+            "if": {"properties": {"kind": {"const": "paid"}}},
+            "then": {
+                "required": ["price_minor", "period"],
+                "properties": {"price_minor": {"type": "integer"}, "period": {"type": "string"}},
+            },
+            "else": {"properties": {"price_minor": {"type": "null"}, "period": {"type": "null"}}},
+        }
+    )
+
     code: str = Field(pattern=PLAN_CODE.pattern, description="lowercase a-z 0-9 - _, ≤ 48")
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["free", "paid", "tier", "internal"] = Field(
-        description="tier plans are made by PUT /v1/tiers, not here"
+        description="tier plans are made by PUT /v1/tiers, not here (422)",
+        json_schema_extra={"enum": ["free", "paid", "internal"]},
     )
     price_minor: int | None = Field(
         default=None, ge=0, le=MAX_PRICE_MINOR, description="paid plans only (required there)"
@@ -120,23 +151,41 @@ class CardPurchased(CardPublic):
 
 
 class CardPurchaseCreate(_Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"plan_code": "vip-year", "occurred_at": "2026-11-24T10:00:00+08:00"}]
+        }
+    )
+
     plan_code: str = Field(min_length=1, max_length=64)
     occurred_at: AwareDatetime | None = Field(
-        default=None, description="when it was sold (default now); at most 5 minutes ahead"
+        default=None,
+        description="when it was sold (default now); from 1970 on, at most 5 minutes ahead",
     )
 
 
 class CardIssueCreate(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"plan_code": "staff"}]})
+
     plan_code: str = Field(min_length=1, max_length=64)
 
 
 class CardBind(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"card_no": "8800 1234 5678 9010"}]})
+
     card_no: str = Field(
-        min_length=1, max_length=64, description="16 digits; spaces and dashes are ignored"
+        min_length=1,
+        max_length=64,
+        description="16 digits ending in a Luhn check digit; spaces and dashes are ignored",
+        json_schema_extra={"pattern": CARD_NO_PATTERN},
     )
 
 
 class CardBatchCreate(_Body):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"count": 500, "prefix": "8800", "plan_code": "free"}]}
+    )
+
     count: int = Field(ge=1, le=MAX_BATCH)
     prefix: str = Field(pattern=r"^[0-9]{1,8}$", description="1-8 digits every number starts with")
     plan_code: str = Field(

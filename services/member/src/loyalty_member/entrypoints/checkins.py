@@ -18,13 +18,16 @@ router = APIRouter(prefix="/v1", tags=["checkins"])
 
 
 class CheckInCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"occurred_at": "2026-11-24T08:05:00+08:00"}]},
+    )
 
     occurred_at: AwareDatetime | None = Field(
         default=None,
         description=(
-            "when the member checked in (default: now); the past is fine (imports), more than "
-            "5 minutes ahead is refused"
+            "when the member checked in (default: now); the past is fine (imports) from 1970 "
+            "on, more than 5 minutes ahead is refused (422 `validation_error`)"
         ),
     )
 

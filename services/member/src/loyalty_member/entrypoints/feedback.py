@@ -29,11 +29,14 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
 ComplaintStatus = Literal["received", "acknowledged", "investigating", "resolved", "closed"]
 ComplaintCategory = Literal["product", "service", "delivery", "payment", "loyalty", "other"]
 RecommendLevel = Literal["very_likely", "possible", "unlikely"]
-Id = Annotated[str, Field(min_length=1, max_length=32)]
+# Strings are stripped first (`str_strip_whitespace`): a non-blank one has a non-space character.
+NOT_BLANK: dict[str, Any] = {"pattern": r"\S"}
+Id = Annotated[str, Field(min_length=1, max_length=32, json_schema_extra=NOT_BLANK)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 _BUSINESS_TIME = (
-    "when it happened (default: now); the past is fine, more than 5 minutes ahead is refused"
+    "when it happened (default: now); the past is fine from 1970 on, more than 5 minutes "
+    "ahead is refused (422 `validation_error`)"
 )
 
 
@@ -54,6 +57,19 @@ class _Request(RequestModel):
 
 
 class SurveyAnswerCreate(_Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"score": 4, "recommend": 9, "comment": "friendly staff", "order_id": "01JD0RDER"}
+            ],
+            # a score, a recommend likelihood or both (`_answers_something`)
+            "anyOf": [
+                {"required": ["score"], "properties": {"score": {"type": "integer"}}},
+                {"required": ["recommend"], "properties": {"recommend": {"type": "integer"}}},
+            ],
+        }
+    )
+
     score: int | None = Field(
         default=None,
         strict=True,
@@ -140,10 +156,32 @@ async def get_survey_answers(
 
 
 class ComplaintCreate(_Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JD4M3MB3R0000000000000AB",
+                    "subject": "Delivery two days late",
+                    "description": "The order arrived two days after the promised date.",
+                    "channel": "phone",
+                    "category": "delivery",
+                }
+            ]
+        }
+    )
+
     member_id: Id
-    subject: str = Field(min_length=1, max_length=200, description="free text; never in an event")
+    subject: str = Field(
+        min_length=1,
+        max_length=200,
+        description="free text; never in an event",
+        json_schema_extra=NOT_BLANK,
+    )
     description: str = Field(
-        min_length=1, max_length=5000, description="free text; never in an event"
+        min_length=1,
+        max_length=5000,
+        description="free text; never in an event",
+        json_schema_extra=NOT_BLANK,
     )
     order_id: Id | None = Field(default=None, description="the member's order it is about")
     channel: str | None = Field(
@@ -158,6 +196,12 @@ class ComplaintCreate(_Request):
 
 
 class ComplaintStatusChange(_Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "acknowledged", "note": "called the member back"}]
+        }
+    )
+
     status: ComplaintStatus
     note: str | None = Field(
         default=None, max_length=2000, description="free text; kept here, never in an event"

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Query, Response
-from loyalty_shared.api_types import Date, RequestModel
+from loyalty_shared.api_types import TIME_ZONE_SCHEMA, Date, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.errors import NotFound, Unprocessable
 from loyalty_shared.paging import Cursor, cursor_after, encode_cursor
@@ -28,13 +28,33 @@ router = APIRouter(prefix="/v1", tags=["members"])
 CONSENT_CHANNELS = {"email", "sms", "wechat", "push"}
 _TIMEZONES = available_timezones()
 
+# Constraints the OpenAPI document states and code checks (not pydantic): a phone's shape is
+# checked with its number (422 `invalid_phone`, contract §4), a time zone is looked up, consent
+# channels are named in the error. The shape of a phone `normalise_phone` takes: digits and
+# the usual separators, 4 to 32 of them once surrounding blanks are stripped.
+PHONE_PATTERN = r"^\s*[0-9()+.-][0-9 ()+.-]{2,30}[0-9()+.-]\s*$"
+Phone = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=32,
+        description="a mobile number; 11-digit mainland numbers get +86 (stored as E.164); "
+        "not a valid number: 422 `invalid_phone`",
+        json_schema_extra={"pattern": PHONE_PATTERN, "examples": ["13800138000"]},
+    ),
+]
+Consents = Annotated[
+    dict[str, bool],
+    Field(json_schema_extra={"propertyNames": {"enum": sorted(CONSENT_CHANNELS)}}),
+]
+
 
 class MemberBase(RequestModel):
     email: EmailStr | None = None
     name: str | None = Field(default=None, max_length=200)
     birthday: Date | None = None
     locale: str = Field(default="zh-CN", pattern=r"^(zh-CN|en)$")
-    timezone: str = "Asia/Shanghai"
+    timezone: str = Field(default="Asia/Shanghai", json_schema_extra=TIME_ZONE_SCHEMA)
 
     @field_validator("*")
     @classmethod
@@ -61,13 +81,32 @@ def _known_consent_channels(value: dict[str, bool] | None) -> dict[str, bool] | 
 
 
 class MemberCreate(MemberBase):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "phone": "13800138000",
+                    "email": "li.wei@example.com",
+                    "name": "Li Wei",
+                    "birthday": "1990-05-17",
+                    "locale": "zh-CN",
+                    "timezone": "Asia/Shanghai",
+                    "store_id": "sh-001",
+                    "channel": "pos",
+                    "consents": {"email": True, "sms": False},
+                }
+            ]
+        },
+    )
 
-    phone: str = Field(min_length=1, max_length=32)
-    referral_code: str | None = Field(default=None, max_length=16)
+    phone: Phone
+    referral_code: str | None = Field(
+        default=None, max_length=16, description="the referrer's code; unknown: 422"
+    )
     store_id: str | None = Field(default=None, max_length=64)
     channel: str | None = Field(default=None, max_length=32)
-    consents: dict[str, bool] = Field(default_factory=dict)
+    consents: Consents = Field(default_factory=dict)
 
     _consents = field_validator("consents")(_known_consent_channels)
 
@@ -75,12 +114,17 @@ class MemberCreate(MemberBase):
 class MemberUpdate(MemberBase):
     """Only the fields sent change; `consents` merge channel by channel."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"email": "li.wei@example.com", "consents": {"sms": True}}]
+        },
+    )
 
-    phone: str | None = Field(default=None, min_length=1, max_length=32)
+    phone: Phone | None = Field(default=None, description="a member keeps a phone: not null")
     locale: str = Field(default="zh-CN", pattern=r"^(zh-CN|en)$")
     store_id: str | None = Field(default=None, max_length=64)
-    consents: dict[str, bool] | None = None
+    consents: Consents | None = None
 
     _consents = field_validator("consents")(_known_consent_channels)
 
@@ -111,7 +155,12 @@ class MemberList(BaseModel):
 
 
 class IdentityCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"kind": "wechat_openid", "value": "oUpF8uMuAJO_M2pxb1Q9"}]
+        },
+    )
 
     kind: Literal["wechat_openid", "push_token"]
     value: str = Field(min_length=1, max_length=512, pattern=r"^[^\x00]+$")

@@ -30,6 +30,7 @@ from ..service_layer.orders import (
     place_order,
     refund_order,
 )
+from .members import PHONE_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["orders"])
 
@@ -47,10 +48,25 @@ ExternalId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(
 Id32 = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_no_nul)]
 Code64 = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_nul)]
 Note = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
+# Checked by the service (422 `invalid_phone`), documented here: see members.PHONE_PATTERN.
+BuyerPhone = Annotated[Id32, Field(json_schema_extra={"pattern": PHONE_PATTERN})]
+# A business time (contract §3): any past since 1970, at most 5 minutes ahead of now; the
+# service checks it against its clock (422 `validation_error`), which no schema can say.
+BUSINESS_TIME = (
+    "RFC 3339 with an offset; from 1970 on and at most 5 minutes ahead of now (422 "
+    "`validation_error` otherwise)"
+)
 
 
 class OrderLineIn(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"sku": "tea-0042", "category": "tea", "quantity": 2, "unit_price_minor": 4900}
+            ]
+        },
+    )
 
     sku: Code64
     category: Code64
@@ -62,23 +78,55 @@ class OrderCreate(RequestModel):
     """An order as a POS terminal or shop posts it. The buyer is named by `member_id`, else
     `phone`, else `card_no` (the first one given decides); none of them: a guest order."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "channel": "pos",
+                    "external_id": "sh-001-20261124-0042",
+                    "store_id": "sh-001",
+                    "phone": "13800138000",
+                    "occurred_at": "2026-11-24T16:30:00+08:00",
+                    "status": "paid",
+                    "currency": "CNY",
+                    "total_minor": 12800,
+                    "paid_minor": 9800,
+                    "lines": [
+                        {
+                            "sku": "tea-0042",
+                            "category": "tea",
+                            "quantity": 2,
+                            "unit_price_minor": 6400,
+                        }
+                    ],
+                    "coupon_codes": [],
+                }
+            ]
+        },
+    )
 
     channel: Literal["pos", "online"]
     external_id: ExternalId = Field(description="the order's id in the POS or shop")
     store_id: Code64 | None = None
     member_id: Id32 | None = None
-    phone: Id32 | None = None
+    phone: BuyerPhone | None = Field(
+        default=None, description="not a valid number: 422 `invalid_phone`"
+    )
     card_no: Id32 | None = None
     enroll_if_unknown: bool = Field(
         default=False,
         description="an unknown phone signs the buyer up on the spot (otherwise: a guest order)",
     )
     occurred_at: AwareDatetime | None = Field(
-        default=None, description="when the order happened; defaults to now"
+        default=None, description="when the order happened (default: now); " + BUSINESS_TIME
     )
     status: Literal["placed", "paid"]
-    currency: str = Field(max_length=3, description="CNY")
+    currency: str = Field(
+        max_length=3,
+        description="CNY",
+        json_schema_extra={"enum": list[Any](sorted(rules.SUPPORTED_CURRENCIES))},
+    )
     total_minor: Amount = Field(description="the order total, authoritative")
     paid_minor: Amount = Field(description="what the customer pays; <= total_minor")
     lines: list[OrderLineIn] = Field(max_length=1000)
@@ -99,10 +147,31 @@ class OrderCreate(RequestModel):
 
 
 class OrderStatusChange(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"status": "shipped", "carrier": "sf-express", "tracking_no": "SF1234567890"}
+            ],
+            # carrier and tracking_no with shipped only, reason with cancelled only (the
+            # validators below)
+            "allOf": [
+                {
+                    "if": {"properties": {"status": {"not": {"const": rules.SHIPPED}}}},
+                    "then": {
+                        "properties": {"carrier": {"type": "null"}, "tracking_no": {"type": "null"}}
+                    },
+                },
+                {
+                    "if": {"properties": {"status": {"not": {"const": rules.CANCELLED}}}},
+                    "then": {"properties": {"reason": {"type": "null"}}},
+                },
+            ],
+        },
+    )
 
     status: Literal["paid", "shipped", "delivered", "cancelled"]
-    occurred_at: AwareDatetime | None = None
+    occurred_at: AwareDatetime | None = Field(default=None, description=BUSINESS_TIME)
     carrier: Code64 | None = Field(default=None, description="shipped only")
     tracking_no: Code64 | None = Field(default=None, description="shipped only")
     reason: Note | None = Field(default=None, description="cancelled only")
@@ -123,11 +192,16 @@ class OrderStatusChange(RequestModel):
 
 
 class RefundCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"external_id": "sh-001-20261124-0042-r1", "amount_minor": 4900}]
+        },
+    )
 
     external_id: ExternalId = Field(description="the refund's id in the POS or shop")
     amount_minor: PositiveAmount
-    occurred_at: AwareDatetime | None = None
+    occurred_at: AwareDatetime | None = Field(default=None, description=BUSINESS_TIME)
 
 
 class OrderLinePublic(BaseModel):

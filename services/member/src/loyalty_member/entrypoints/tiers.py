@@ -12,12 +12,14 @@ from loyalty_shared.errors import NotFound
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..domain.tiers import Tier, TierBenefits
+from ..domain.tiers import MAX_MULTIPLIER, MAX_TIERS, MIN_MULTIPLIER, TIER_CODE, Tier, TierBenefits
 from ..service_layer.tiers import ladder_view, replace_ladder, tier_progress
 
 router = APIRouter(prefix="/v1", tags=["tiers"])
 
 Metric = Literal["spend_365d", "lifetime_points", "order_count_365d"]
+# The ladder is validated as a whole by `ladder_errors` (every broken rule named at its place),
+# so the constraints below are the OpenAPI document's word for it, not pydantic's.
 
 
 class TierBenefitsIn(RequestModel):
@@ -30,19 +32,60 @@ class TierBenefitsIn(RequestModel):
 class TierIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
-    code: str = Field(min_length=1, max_length=64, description="lowercase a-z 0-9 - _, ≤ 32")
+    code: str = Field(
+        min_length=1,
+        max_length=64,
+        description="lowercase a-z 0-9 - _, ≤ 32; unique in the ladder",
+        json_schema_extra={"pattern": TIER_CODE.pattern, "maxLength": 32},
+    )
     name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]*$")
     threshold: int = Field(
-        le=10**15, description="the metric's value from which a member holds this tier"
+        le=10**15,
+        description="the metric's value from which a member holds this tier",
+        json_schema_extra={"minimum": 0},
     )
-    points_multiplier: float = Field(description="purchase points multiplier, 1.0 to 10.0")
+    points_multiplier: float = Field(
+        description="purchase points multiplier, 1.0 to 10.0",
+        json_schema_extra={"minimum": MIN_MULTIPLIER, "maximum": MAX_MULTIPLIER},
+    )
     benefits: TierBenefitsIn | None = Field(
         default=None, description="carried by the member's tier card (`member.card_issued`)"
     )
 
 
 class LadderUpdate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "metric": "spend_365d",
+                    "tiers": [
+                        {
+                            "code": "bronze",
+                            "name": "Bronze",
+                            "threshold": 0,
+                            "points_multiplier": 1.0,
+                        },
+                        {
+                            "code": "silver",
+                            "name": "Silver",
+                            "threshold": 100000,
+                            "points_multiplier": 1.2,
+                            "benefits": {"discount_percent": 5, "free_shipping": False},
+                        },
+                        {
+                            "code": "gold",
+                            "name": "Gold",
+                            "threshold": 500000,
+                            "points_multiplier": 1.5,
+                            "benefits": {"discount_percent": 10, "free_shipping": True},
+                        },
+                    ],
+                }
+            ]
+        },
+    )
 
     metric: Metric = Field(
         description=(
@@ -50,7 +93,16 @@ class LadderUpdate(RequestModel):
             "earned, net of refunds' reversals; order_count_365d: paid orders in 365 days"
         )
     )
-    tiers: list[TierIn] = Field(description="lowest first; thresholds start at 0 and increase")
+    tiers: list[TierIn] = Field(
+        description="lowest first; thresholds start at 0 and strictly increase",
+        json_schema_extra={
+            "minItems": 1,
+            "maxItems": MAX_TIERS,
+            # the first tier's threshold is 0 (a branch of its own: `prefixItems` next to
+            # `items` would take the first tier out of `items`)
+            "allOf": [{"prefixItems": [{"properties": {"threshold": {"const": 0}}}]}],
+        },
+    )
 
 
 class TierBenefitsPublic(BaseModel):

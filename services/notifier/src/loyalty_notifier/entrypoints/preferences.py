@@ -7,7 +7,7 @@ from typing import Annotated
 from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Path
-from loyalty_shared.api_types import RequestModel
+from loyalty_shared.api_types import TIME_ZONE_SCHEMA, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -27,7 +27,9 @@ class ChannelPreference(RequestModel):
 
 
 class QuietHoursIn(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"start": "22:00", "end": "08:00"}]}
+    )
 
     start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["22:00"])
     end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["08:00"])
@@ -43,11 +45,30 @@ class PreferencesUpdate(RequestModel):
     """Only the fields sent change; channels merge one by one; `quiet_hours: null` turns
     quiet hours off."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "channels": {"email": {"marketing": True}, "sms": {"marketing": False}},
+                    "quiet_hours": {"start": "22:00", "end": "08:00"},
+                    "timezone": "Asia/Shanghai",
+                    "locale": "zh-CN",
+                }
+            ]
+        },
+    )
 
-    channels: dict[str, ChannelPreference] | None = None
+    # channel names and time zones are checked by the validators below; the document says so
+    channels: (
+        Annotated[
+            dict[str, ChannelPreference],
+            Field(json_schema_extra={"propertyNames": {"enum": list(CONSENT_CHANNELS)}}),
+        ]
+        | None
+    ) = None
     quiet_hours: QuietHoursIn | None = None
-    timezone: str | None = Field(default=None, max_length=64)
+    timezone: Annotated[str, Field(max_length=64, json_schema_extra=TIME_ZONE_SCHEMA)] | None = None
     locale: str | None = Field(default=None, pattern=r"^(zh-CN|en)$")
 
     @field_validator("channels")
@@ -92,7 +113,7 @@ def router(notifier: Notifier) -> APIRouter:
         dependencies=[Scope("members:read")],
         summary="A member's consents, quiet hours, time zone and locale",
     )
-    async def read(member_id: MemberPath, runtime: RuntimeDep) -> PreferencesPublic:
+    async def read_preferences(member_id: MemberPath, runtime: RuntimeDep) -> PreferencesPublic:
         return PreferencesPublic(**await get_preferences(runtime, notifier, member_id))
 
     @routes.put(
@@ -101,7 +122,7 @@ def router(notifier: Notifier) -> APIRouter:
         dependencies=[Scope("notify:write")],
         summary="Change a member's consents, quiet hours, time zone or locale",
     )
-    async def write(
+    async def write_preferences(
         member_id: MemberPath, body: PreferencesUpdate, runtime: RuntimeDep
     ) -> PreferencesPublic:
         kwargs: dict[str, object] = {

@@ -9,24 +9,64 @@ from fastapi import APIRouter, Path, Query, Response
 from loyalty_shared.api_types import RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.errors import Unprocessable
+from loyalty_shared.events import REGISTRY
 from loyalty_shared.service import RuntimeDep
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..domain.policy import CHANNELS, LOCALES
+from ..domain.policy import BUILTIN_KINDS, CHANNELS, LOCALES
 from ..domain.templates import MAX_BODY, MAX_SUBJECT
 from ..service_layer import templates as use_cases
 from ..service_layer.context import Notifier
 
 EventTypePath = Annotated[str, Path(max_length=100, description="event or message type")]
-ChannelPath = Annotated[str, Path(max_length=16, description="email, sms, wechat, push, inbox")]
-LocalePath = Annotated[str, Path(max_length=16, description="zh-CN or en")]
+# What a template may be saved for: `save_template` refuses any other type (422
+# `invalid_template`); reading or dropping an unknown one is a 404.
+SavedEventTypePath = Annotated[
+    str,
+    Path(
+        max_length=100,
+        description="event or message type",
+        json_schema_extra={
+            "enum": sorted(
+                t for t in {*BUILTIN_KINDS, *REGISTRY} if use_cases.message_type_known(t)
+            )
+        },
+    ),
+]
+# `_check_path` answers an unknown channel or locale with 422 `invalid_template` (contract §7):
+# the document lists them, pydantic does not check them again.
+ChannelPath = Annotated[
+    str,
+    Path(
+        max_length=16,
+        description="email, sms, wechat, push, inbox",
+        json_schema_extra={"enum": list(CHANNELS)},
+    ),
+]
+LocalePath = Annotated[
+    str, Path(max_length=16, description="zh-CN or en", json_schema_extra={"enum": list(LOCALES)})
+]
 
 
 class TemplateUpdate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "subject": "Welcome, {{ member.name or 'new member' }}",
+                    "body": "Your card number is {{ event.card_no }}; friends who join with "
+                    "your code {{ event.referral_code }} earn you points.",
+                }
+            ]
+        },
+    )
 
-    subject: str | None = Field(default=None, max_length=MAX_SUBJECT)
-    body: str = Field(max_length=MAX_BODY)
+    subject: str | None = Field(
+        default=None, max_length=MAX_SUBJECT, description="email templates need one"
+    )
+    # an empty body renders to an empty message, which saving refuses (422 `invalid_template`)
+    body: str = Field(max_length=MAX_BODY, json_schema_extra={"minLength": 1})
 
 
 class TemplatePublic(BaseModel):
@@ -93,7 +133,7 @@ def router(notifier: Notifier) -> APIRouter:
         responses={422: {"description": "invalid_template: it does not compile or render"}},
     )
     async def put_template(
-        event_type: EventTypePath,
+        event_type: SavedEventTypePath,
         channel: ChannelPath,
         locale: LocalePath,
         body: TemplateUpdate,

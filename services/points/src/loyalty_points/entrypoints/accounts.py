@@ -137,9 +137,16 @@ async def get_ledger(
 
 
 class AdjustmentCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"points": 500, "reason": "apology for a late delivery"}]},
+    )
 
-    points: int = Field(description="signed: a grant (> 0) or a deduction (< 0)")
+    points: int = Field(
+        description="signed: a grant (> 0) or a deduction (< 0); not 0, at most 10^9 either way",
+        # checked by `_not_zero` (one message for both), stated here for the document
+        json_schema_extra={"minimum": -(10**9), "maximum": 10**9, "not": {"const": 0}},
+    )
     reason: str = Field(min_length=1, max_length=500, pattern=r"\S")
 
     @field_validator("points")

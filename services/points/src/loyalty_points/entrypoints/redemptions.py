@@ -30,7 +30,19 @@ async def checkout_or_points_writer(request: Request) -> None:
 
 
 class RedemptionCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "member_id": "01JD4M3MB3R0000000000000AB",
+                    "points": 300,
+                    "reason": "points paid part of an order",
+                    "order_id": "sh-001-20261124-0042",
+                }
+            ]
+        },
+    )
 
     member_id: str = Field(min_length=1, max_length=32)
     points: int = Field(gt=0, le=10**9)

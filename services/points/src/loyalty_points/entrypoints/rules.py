@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Path
-from loyalty_shared.api_types import AwareDatetime, RequestModel
+from loyalty_shared.api_types import AwareDatetime, DocumentedAs, RequestModel
 from loyalty_shared.auth import Scope
+from loyalty_shared.events import spec_for
 from loyalty_shared.service import RuntimeDep
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
-from ..service_layer.rules import change_rule, list_rules, simulate
+from ..service_layer.rules import SIMULATED_TYPES, change_rule, list_rules, simulate
 
 router = APIRouter(prefix="/v1", tags=["rules"])
 
@@ -28,7 +29,14 @@ class RuleList(BaseModel):
 
 
 class RuleChange(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"enabled": True, "params": {"points": 1, "per_minor": 100, "pending_days": 7}}
+            ]
+        },
+    )
 
     enabled: bool | None = None
     params: dict[str, Any] | None = Field(default=None, description="the rule's whole parameters")
@@ -42,10 +50,43 @@ class SimulatedEvent(RequestModel):
     time: AwareDatetime | None = None
 
 
-class SimulationRequest(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+def _simulated(event_type: str) -> type[BaseModel]:
+    model = spec_for(event_type).model
+    kind: Any = Literal[event_type]  # type: ignore[valid-type]
+    return create_model(
+        f"Simulated{model.__name__}",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"A `{event_type}` event, its data as the event carries it.",
+        type=(kind, ...),
+        data=(model, ...),
+        time=(AwareDatetime | None, Field(default=None, description="default: now")),
+    )
 
-    event: SimulatedEvent
+
+class EventToSimulate(RootModel[Union[tuple(_simulated(t) for t in SIMULATED_TYPES)]]):  # type: ignore[misc]  # noqa: UP007
+    """An event the points service consumes: its `type` and its `data` (the event's schema,
+    see docs/asyncapi.yaml). The service checks both (422 `validation_error` naming the place);
+    this is the OpenAPI document's word for what it takes."""
+
+
+class SimulationRequest(RequestModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "event": {
+                        "type": "order.paid",
+                        "time": "2026-11-24T10:15:30+08:00",
+                        # the event's own example (loyalty_shared.events)
+                        "data": spec_for("order.paid").model.model_json_schema()["examples"][0],
+                    }
+                }
+            ]
+        },
+    )
+
+    event: Annotated[SimulatedEvent, DocumentedAs(EventToSimulate)]
 
 
 @router.get(

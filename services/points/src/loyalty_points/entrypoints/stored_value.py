@@ -20,7 +20,14 @@ MemberId = Annotated[str, Path(max_length=32)]
 
 
 class TopUpCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"external_id": "pay-20261124-7781", "amount_minor": 10000, "currency": "CNY"}
+            ]
+        },
+    )
 
     external_id: str = Field(
         min_length=1,
@@ -43,7 +50,18 @@ class TopUpPublic(BaseModel):
 
 
 class SpendCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "amount_minor": 3500,
+                    "reason": "order payment",
+                    "order_id": "sh-001-20261124-0042",
+                }
+            ]
+        },
+    )
 
     amount_minor: int = Field(gt=0, le=10**10)
     reason: str = Field(min_length=1, max_length=500, pattern=r"\S")

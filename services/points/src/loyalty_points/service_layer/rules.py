@@ -94,6 +94,14 @@ async def simulate(
         try:
             batch = await apply_in_memory(conn, [event], now)
             result = _explain(batch, event)
+        except ValidationError as exc:
+            # a value the rules cannot take (a tier multiplier beyond the tier rule's range):
+            # the consumer dead-letters such an event; a simulation answers why
+            raise Unprocessable(
+                "validation_error",
+                f"the earning rules cannot take this {event_type}",
+                errors=[{"loc": ["body", "event", "data"], "msg": e["msg"]} for e in exc.errors()],
+            ) from exc
         finally:
             await transaction.rollback()
     return result

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Path, Query
+from loyalty_shared.api_types import TIME_ZONE_SCHEMA
 from loyalty_shared.auth import Scope
 from loyalty_shared.errors import NotFound, ProblemError
 from loyalty_shared.service import RuntimeDep
@@ -54,7 +55,9 @@ async def leaky_bucket(
     runtime: RuntimeDep,
     start_month: Month,
     end_month: Month,
-    timezone: Annotated[str, Query(max_length=64)] = "Asia/Shanghai",
+    timezone: Annotated[str, Query(max_length=64, json_schema_extra=TIME_ZONE_SCHEMA)] = (
+        "Asia/Shanghai"
+    ),
     active_days: ActiveDays = 360,
 ) -> dict[str, Any]:
     if start_month > end_month:
@@ -103,7 +106,7 @@ async def lifecycle(runtime: RuntimeDep) -> dict[str, Any]:
     "/campaigns/{code}",
     summary="Issued, redeemed, redemption rate; receivers' revenue against the holdout",
 )
-async def campaign(
+async def campaign_results(
     code: Annotated[str, Path(max_length=64)],
     runtime: RuntimeDep,
     window_days: Annotated[

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from loyalty_shared.api_types import RequestModel
+from loyalty_shared.api_types import DocumentedAs, RequestModel
 from loyalty_shared.auth import Scope
 from loyalty_shared.paging import Cursor
 from loyalty_shared.service import RuntimeDep
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..domain.rules import FIELDS, OPS
 from ..service_layer import segments as use_cases
+from .rule_schema import SegmentRule
 
 router = APIRouter(prefix="/v1", tags=["segments"])
 
@@ -22,30 +23,67 @@ RULE_DOC = (
     'JSON rule: {"all"|"any": [rule, ...]}, {"not": rule} or {"field", "op", "value"}; '
     "see GET /v1/segments:fields"
 )
+# A rule as sent: the rule parser judges it (every problem named at its place in the rule);
+# the OpenAPI document declares its shape (`SegmentRule`).
+Rule = Annotated[Any, DocumentedAs(SegmentRule)]
 
 
 class SegmentCreate(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "winback-easy-high-spend",
+                    "name": "Easy win-backs who spent 1000 or more",
+                    "rule": {
+                        "all": [
+                            {"field": "lifecycle_stage", "op": "eq", "value": "easy_winback"},
+                            {"field": "spend_minor", "op": "gte", "value": 100000},
+                        ]
+                    },
+                }
+            ]
+        },
+    )
 
     code: str = Field(pattern=CODE, description="stable id, e.g. winback-easy-high-spend")
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=2000)
-    rule: Any = Field(description=RULE_DOC)
+    rule: Rule = Field(description=RULE_DOC)
 
 
 class SegmentReplace(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Easy win-backs who spent 1000 or more",
+                    "description": "for the Q4 win-back campaign",
+                    "rule": {
+                        "all": [
+                            {"field": "lifecycle_stage", "op": "eq", "value": "easy_winback"},
+                            {"field": "spend_minor", "op": "gte", "value": 100000},
+                        ]
+                    },
+                }
+            ]
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=2000)
-    rule: Any = Field(description=RULE_DOC)
+    rule: Rule = Field(description=RULE_DOC)
 
 
 class SegmentPublic(BaseModel):
     code: str
     name: str
     description: str | None
-    rule: dict[str, Any]
+    rule: dict[str, Any] = Field(
+        description="the rule in its canonical form, a `SegmentRule` (times in UTC)"
+    )
     time_relative: bool = Field(description="reads day counts: re-evaluated whole by the job")
     uses_rfm_scores: bool = Field(description="reads rfm.r/f/m: re-evaluated after re-ranking")
     members_count: int
@@ -59,9 +97,23 @@ class SegmentPage(BaseModel):
 
 
 class PreviewRequest(RequestModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "rule": {
+                        "any": [
+                            {"field": "rfm.r", "op": "gte", "value": 4},
+                            {"not": {"field": "registered", "op": "eq", "value": True}},
+                        ]
+                    }
+                }
+            ]
+        },
+    )
 
-    rule: Any = Field(description=RULE_DOC)
+    rule: Rule = Field(description=RULE_DOC)
 
 
 class PreviewResult(BaseModel):
