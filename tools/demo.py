@@ -367,7 +367,9 @@ class Api:
             text = (await self.clients[service].get("/metrics")).text
         out: dict[str, float] = defaultdict(float)
         for line in text.splitlines():
-            if line.startswith(("loyalty_consumer_lag{", "loyalty_outbox_backlog{")):
+            if line.startswith(
+                ("loyalty_consumer_lag_messages{", "loyalty_outbox_backlog_events{")
+            ):
                 name = line.split("{", 1)[0]
                 out[name] += float(line.rsplit(" ", 1)[1])
             elif line.startswith("loyalty_events_processed_total{"):
@@ -663,7 +665,10 @@ async def catch_up(api: Api, timeout: float) -> bool:
     last = -1.0
     while time.monotonic() < deadline:
         readings = await asyncio.gather(*(api.metrics(s) for s in SERVICES))
-        lag = sum(r["loyalty_consumer_lag"] + r["loyalty_outbox_backlog"] for r in readings)
+        lag = sum(
+            r["loyalty_consumer_lag_messages"] + r["loyalty_outbox_backlog_events"]
+            for r in readings
+        )
         processed = sum(r["processed"] for r in readings)
         if lag == 0 and processed == last:
             quiet_since = quiet_since or time.monotonic()

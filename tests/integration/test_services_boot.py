@@ -30,7 +30,9 @@ async def test_service_boots_migrated_and_ready(
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
         metrics = await service.client.get("/metrics", headers=anonymous)
-        assert metrics.status_code == 200 and "loyalty_http_request_seconds" in metrics.text
+        assert (
+            metrics.status_code == 200 and "loyalty_http_request_duration_seconds" in metrics.text
+        )
 
         forbidden = await service.client.get("/v1/admin/jobs", headers=READ_ONLY_AUTH)
         assert forbidden.status_code == 403 and forbidden.json()["code"] == "forbidden"

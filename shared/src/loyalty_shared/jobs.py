@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy import text
 
 from .errors import conflict, database_unavailable, sqlstate
-from .observability import JOB_RUNS
+from .observability import JOB_RUNS, traced
 
 if TYPE_CHECKING:
     from .service import Runtime
@@ -170,7 +170,8 @@ async def _execute(
     run = Run(job.name, as_of, period, started_at=datetime.now(UTC))
     for attempt in range(ATTEMPTS):
         try:
-            counts = await job.run(runtime, as_of)
+            with traced(runtime.name, f"job {job.name}", **{"loyalty.job": job.name}):
+                counts = await job.run(runtime, as_of)
             break
         except Exception as exc:
             if conflict(exc) and attempt < ATTEMPTS - 1:

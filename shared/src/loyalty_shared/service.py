@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,7 +23,7 @@ from .api_types import AwareDatetime, RequestModel
 from .auth import ApiKeys, AuthenticationMiddleware, Scope
 from .clock import Clock, SystemClock
 from .db import create_engine, resolve_database_url, run_migrations
-from .errors import Conflict, NotFound, document_problems, install_problem_handlers
+from .errors import Conflict, NotFound, install_problem_handlers
 from .idempotency import PURGE_IDEMPOTENCY_KEYS, IdempotencyStore, WriteGuardMiddleware
 from .jobs import Job, JobBusy, job_states, run_job, scheduler
 from .kafka import Handlers, IdempotentConsumer, OutboxRelay, ensure_topics, schedule_replay
@@ -31,9 +31,18 @@ from .kafka.broker import port_open
 from .kafka.connection import KafkaSettingsError, connection_kwargs, connection_problem, describe
 from .kafka.dead_letters import router as dead_letters_router
 from .kafka.inbox import PURGE_PROCESSED_EVENTS
-from .observability import RequestMetricsMiddleware, configure_logging, metrics_payload
+from .observability import (
+    RequestMetricsMiddleware,
+    configure_logging,
+    instrument_app,
+    instrument_engine,
+    metrics_payload,
+    untraced,
+)
+from .openapi import finish_openapi, operation_id
 from .ratelimit import RateLimiter, RateLimitMiddleware, failed_authentications
 from .settings import ServiceSettings
+from .state_metrics import watch_state_metrics
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +100,7 @@ class Runtime:
         log.info("kafka_connection", service=self.name, **describe(self.settings))
         url = await resolve_database_url(self.settings)
         self._engine = create_engine(url)
+        instrument_engine(self._engine, self.name)  # tracing on: a span per statement
         await run_migrations(self._engine, self.definition.migrations)
         bootstrap = self.settings.bootstrap_servers
         self.relay = OutboxRelay(
@@ -118,11 +128,17 @@ class Runtime:
             )
         if not background:
             return
-        self._tasks.append(asyncio.create_task(self._start_messaging(), name=f"{self.name}-kafka"))
-        if self.settings.scheduler_enabled and self.jobs:
-            self._tasks.append(asyncio.create_task(scheduler(self), name=f"{self.name}-jobs"))
-        for worker in self.definition.workers:
-            self.spawn(worker(self), name=f"{self.name}-{getattr(worker, '__name__', 'worker')}")
+        # tracing on: the loops' polls make no spans; the work they pick up does (its own)
+        with untraced():
+            self._tasks.append(
+                asyncio.create_task(self._start_messaging(), name=f"{self.name}-kafka")
+            )
+            if self.settings.scheduler_enabled and self.jobs:
+                self._tasks.append(asyncio.create_task(scheduler(self), name=f"{self.name}-jobs"))
+            for worker in self.definition.workers:
+                name = f"{self.name}-{getattr(worker, '__name__', 'worker')}"
+                self.spawn(worker(self), name=name)
+            self.spawn(watch_state_metrics(self), name=f"{self.name}-state-metrics")
 
     def spawn(self, work: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Run work in the background for as long as the service runs; stop() cancels it."""
@@ -294,6 +310,10 @@ admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Scope("admin
 
 
 class JobRunRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"as_of": "2026-11-25T00:00:00+08:00"}]}
+    )
+
     as_of: AwareDatetime | None = None
 
 
@@ -329,6 +349,8 @@ class JobList(BaseModel):
 
 
 class ReplayRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"since": "2026-11-24T00:00:00Z"}]})
+
     since: AwareDatetime
 
 
@@ -390,12 +412,13 @@ def create_app(
         version=definition.version,
         description=definition.description,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     generate_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_problems(generate_openapi())
+            app.openapi_schema = finish_openapi(generate_openapi())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -416,7 +439,10 @@ def create_app(
         keys=lambda: app.state.api_keys,
         failures=lambda: app.state.auth_failures,
     )
-    app.add_middleware(RequestMetricsMiddleware, service=definition.name)
+    app.add_middleware(
+        RequestMetricsMiddleware, service=definition.name, access_log=settings.access_log
+    )
+    instrument_app(app, definition.name)  # OTEL_EXPORTER_OTLP_ENDPOINT set: traces over OTLP
     app.include_router(ops)
     app.include_router(admin)
     app.include_router(dead_letters_router)

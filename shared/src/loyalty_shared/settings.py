@@ -75,6 +75,9 @@ class PlatformSettings(BaseSettings):
     consumer_max_retries: int = 3
     scheduler_enabled: bool = True
     log_level: str = "INFO"
+    # One JSON line per request (`http_request`: method, route template, status, duration, trace
+    # id); uvicorn's own access log stays off, since it prints the raw path and query.
+    access_log: bool = True
     host: str = "127.0.0.1"
 
     @field_validator(

@@ -168,7 +168,7 @@ async def test_metrics_are_prometheus_text(client):
     await client.get("/healthz")
     response = await client.get("/metrics", headers={"Authorization": ""})
     assert response.headers["content-type"].startswith("text/plain")
-    assert "loyalty_http_request_seconds" in response.text
+    assert "loyalty_http_request_duration_seconds" in response.text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ulid import ULID
 
-from ..observability import continue_trace, current_traceparent
+from ..observability import event_traceparent
 from .registry import EventData, spec_for
 
 D = TypeVar("D", bound=EventData)
@@ -113,7 +113,8 @@ def make_event(
 ) -> Event[Any]:
     spec = spec_for(type_)
     if traceparent is None:
-        traceparent = continue_trace(current_traceparent.get())
+        # the trace of the request or event that causes this one (`observability.py`)
+        traceparent = event_traceparent(subject)
     if not isinstance(data, spec.model):
         raise TypeError(f"{type_} carries {spec.model.__name__}, not {type(data).__name__}")
     return Event(

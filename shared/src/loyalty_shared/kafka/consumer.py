@@ -34,6 +34,8 @@ from ..observability import (
     EVENTS_DUPLICATE,
     EVENTS_FAILED,
     EVENTS_PROCESSED,
+    consuming,
+    handling,
 )
 from ..settings import PlatformSettings
 from .connection import CONTENT_TYPE, connection_kwargs, log_broker_failure
@@ -49,6 +51,8 @@ AfterCommit = Callable[[], None]
 # that doubles from the first to the longest, without limit.
 OUTAGE_FIRST_PAUSE = 0.2
 OUTAGE_LONGEST_PAUSE = 5.0
+# How often the consumer's lag is recomputed from the broker, whether the consumer moves or not.
+LAG_INTERVAL = 5.0
 
 _RECORD = text(
     """
@@ -124,14 +128,17 @@ async def apply_events(
     fresh = [e for e in wanted.values() if e.id in fresh_ids]
     # Consecutive events of one type go to their handler together; a handler registered with
     # `on_each` for several types receives consecutive events of any of them together.
+    # The events a handler makes continue the traces of the events it applies (`handling`).
     run: list[Event[Any]] = []
     for event in fresh:
         if run and handlers.run_key(run[-1].type) != handlers.run_key(event.type):
-            await handlers.by_type[run[0].type](conn, run)
+            with handling(run):
+                await handlers.by_type[run[0].type](conn, run)
             run = []
         run.append(event)
     if run:
-        await handlers.by_type[run[0].type](conn, run)
+        with handling(run):
+            await handlers.by_type[run[0].type](conn, run)
     return fresh
 
 
@@ -151,6 +158,7 @@ class IdempotentConsumer:
         retry_delay: float = 0.2,
         fetch_max_wait_ms: int | None = None,
         settings: PlatformSettings | None = None,
+        lag_interval: float = LAG_INTERVAL,
     ) -> None:
         self.engine = engine
         self.bootstrap = bootstrap
@@ -172,8 +180,10 @@ class IdempotentConsumer:
             if fetch_max_wait_ms is not None
             else self.settings.kafka_fetch_max_wait_ms
         )
+        self.lag_interval = lag_interval
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq_producer: Any = None
+        self._lag_watch: asyncio.Task[None] | None = None
         self.connected = False
         self.assigned = asyncio.Event()
 
@@ -237,8 +247,14 @@ class IdempotentConsumer:
         self._consumer = consumer
         self._dlq_producer = producer
         self.connected = True
+        self._lag_watch = asyncio.create_task(self._watch_lag(), name=f"{self.group}-lag")
 
     async def _close(self) -> None:
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._lag_watch
+            self._lag_watch = None
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
@@ -283,6 +299,53 @@ class IdempotentConsumer:
             CONSUMER_LAG.labels(self.service, tp.topic, tp.partition).set(
                 max(highwater - last_offset - 1, 0)
             )
+
+    async def _watch_lag(self) -> None:
+        """Recomputes the lag every `lag_interval` seconds, whatever the consumer is doing: a
+        consumer stuck on a batch (a handler that hangs, a database outage it waits out) polls
+        no more, so the lag after each batch (`_record_lag`) would stand still while messages
+        pile up."""
+        while True:
+            try:
+                async with asyncio.timeout(max(self.lag_interval, 5.0) * 2):
+                    await self.measure_lag()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker is away: the last values stand
+                log.debug("consumer_lag_unknown", service=self.service, error=repr(exc))
+            await asyncio.sleep(self.lag_interval)
+
+    async def measure_lag(self) -> dict[TopicPartition, int]:
+        """Each partition's lag: its end offset minus the group's committed offset, for every
+        partition of the topics consumed, whoever in the group holds it (so a partition whose
+        holder is stuck, or left the group for polling no more, still shows). Replicas report
+        the same values; take the max across them."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in self.topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return {}
+        ends = await consumer.end_offsets(partitions)
+        committed = {tp: await consumer.committed(tp) for tp in partitions}
+        never = [tp for tp, offset in committed.items() if offset is None]
+        starts = await consumer.beginning_offsets(never) if never else {}
+        assigned = consumer.assignment()
+        lags: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            end = ends.get(tp, 0)
+            if tp in assigned:
+                # the embedded broker's end offset is its last batch's first offset + 1; a
+                # fetch knows better
+                end = max(end, consumer.highwater(tp) or 0)
+            done = committed[tp]
+            lags[tp] = max(end - (done if done is not None else starts.get(tp, 0)), 0)
+            CONSUMER_LAG.labels(self.service, tp.topic, tp.partition).set(lags[tp])
+        return lags
 
     async def _apply_with_retries(self, items: list[_Item]) -> None:
         events = [item.event for item in items if item.event is not None]
@@ -331,8 +394,10 @@ class IdempotentConsumer:
         )
 
     async def _apply(self, events: list[Event[Any]]) -> None:
-        async with self.engine.begin() as conn:
-            fresh = await apply_events(conn, self.group, self.handlers, events)
+        # with tracing on, a span per event, the child of its traceparent (`observability.py`)
+        with consuming(self.service, self.group, events):
+            async with self.engine.begin() as conn:
+                fresh = await apply_events(conn, self.group, self.handlers, events)
         fresh_ids = {e.id for e in fresh}
         for event in events:
             if event.type not in self.handlers.by_type:

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..clock import Clock, SystemClock
 from ..events import Event
-from ..observability import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
+from ..observability import OUTBOX_BACKLOG, OUTBOX_PUBLISHED, publishing
 from ..settings import PlatformSettings
 from .connection import CONTENT_TYPE, connection_kwargs, log_broker_failure, producer_kwargs
 
@@ -212,12 +212,14 @@ class OutboxRelay:
         if not rows:
             OUTBOX_BACKLOG.labels(self.service).set(0)
             return 0
-        futures = [
-            await self._producer.send(
-                row.topic, row.value, key=row.key.encode(), headers=[CONTENT_TYPE]
-            )
-            for row in rows
-        ]
+        futures = []
+        for row in rows:
+            with publishing(row.value):  # tracing on: the send is a span in its event's trace
+                futures.append(
+                    await self._producer.send(
+                        row.topic, row.value, key=row.key.encode(), headers=[CONTENT_TYPE]
+                    )
+                )
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
