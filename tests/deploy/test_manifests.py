@@ -98,7 +98,7 @@ def test_deployment_runs_the_service_hardened_and_probed(
     assert main["args"] == ["serve"]
     assert main["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz?require=database", "port": "http"}
     [migrate] = pod["initContainers"]
     assert migrate["command"] == ["python", "-m", f"loyalty_{name}", "migrate"]
     assert migrate["image"] == main["image"]

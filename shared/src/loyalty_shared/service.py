@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
@@ -292,9 +292,21 @@ async def healthz() -> dict[str, str]:
     summary="The database and the broker are reachable",
     responses={503: {"description": "the database or the broker is not: `checks` says which"}},
 )
-async def readyz(runtime: RuntimeDep) -> JSONResponse:
+async def readyz(
+    runtime: RuntimeDep,
+    require: Annotated[
+        Literal["all", "database"],
+        Query(
+            description="`database`: ready while the database is, whatever the broker (the "
+            "outbox holds the writes of a broker outage; a cluster's readiness probe asks so, "
+            "so that a broker outage does not take every pod out of its Service); `checks` "
+            "still shows the broker"
+        ),
+    ] = "all",
+) -> JSONResponse:
     checks = await runtime.ready()
-    ok = all(v == "ok" for v in checks.values())
+    needed = ["database"] if require == "database" else list(checks)
+    ok = all(checks.get(name) == "ok" for name in needed)
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
     )
