@@ -23,8 +23,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 import orjson
-from loyalty_shared.kafka.broker import CLIENT_ENV, EmbeddedBroker, free_port
+from loyalty_shared.kafka.broker import CLIENT_ENV, free_port
 from loyalty_shared.settings import ALL_SCOPES, SERVICE_PORT_OFFSETS
+from loyalty_shared.testing import BrokerProxy, ProxiedBroker
 
 from .stream import CONSUMED, GROUP, committed_offsets, read_all
 
@@ -188,50 +189,20 @@ async def wait_for_moment(
 OFFSET_COMMIT = 8  # the Kafka protocol's api key of OffsetCommit
 
 
-class CommitGate:
-    """A TCP proxy in front of a broker that advertises the proxy's address, so that every
-    client talks to the broker through it; it can hold back OffsetCommit requests.
+class CommitGate(BrokerProxy):
+    """A proxy in front of a broker that advertises the proxy's address, so that every client
+    talks to the broker through it; it can hold back OffsetCommit requests.
 
     Armed, it forwards every request but OffsetCommit, which it drops: a consumer that has just
     committed a batch to its database then waits for an offset commit that will never land.
-    That is the moment between the two commits, caught exactly. It runs its own event loop in a
-    thread, so that the test's own work never stalls the services' traffic."""
+    That is the moment between the two commits, caught exactly."""
+
+    name = "commit-gate"
 
     def __init__(self, upstream_port: int) -> None:
-        self.port = free_port()
-        self.upstream_port = upstream_port
+        super().__init__(upstream_port)
         self.holding = False
         self.held = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            server = loop.run_until_complete(
-                asyncio.start_server(self._connection, "127.0.0.1", self.port)
-            )
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                server.close()
-                for task in asyncio.all_tasks(loop):
-                    task.cancel()
-                loop.run_until_complete(asyncio.sleep(0))
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"commit-gate-{self.port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the commit gate did not start")
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
 
     def hold(self) -> None:
         self.held.clear()
@@ -244,21 +215,9 @@ class CommitGate:
     async def wait_held(self, timeout: float) -> bool:
         return await asyncio.to_thread(self.held.wait, timeout)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(self._requests(reader, up_writer), self._pipe(up_reader, writer))
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            for w in (writer, up_writer):
-                w.close()
-
-    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def forward_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         while True:
             head = await reader.readexactly(4)
             body = await reader.readexactly(int.from_bytes(head, "big", signed=True))
@@ -268,38 +227,18 @@ class CommitGate:
             writer.write(head + body)
             await writer.drain()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        raise asyncio.IncompleteReadError(b"", None)
 
-
-class GatedBroker(EmbeddedBroker):
+class GatedBroker(ProxiedBroker):
     """The embedded broker behind a CommitGate: clients bootstrap to the gate, and the broker
     advertises the gate as its address."""
 
     def __init__(self) -> None:
-        gate = CommitGate(free_port())
-        super().__init__(gate.upstream_port, advertised_port=gate.port)
-        self.gate = gate
+        super().__init__(CommitGate(free_port()))
 
     @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.gate.port}"
-
-    def start(self, timeout: float = 20.0) -> GatedBroker:
-        self.gate.start()
-        super().start(timeout)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        super().stop(timeout)
-        self.gate.stop()
-
-    def __enter__(self) -> GatedBroker:
-        return self.start()
+    def gate(self) -> CommitGate:
+        assert isinstance(self.proxy, CommitGate)
+        return self.proxy
 
 
 async def kill_at_moment(

@@ -18,7 +18,6 @@ arguments are tested there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -27,7 +26,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -41,9 +39,15 @@ import pytest
 import pytest_asyncio
 from loyalty_shared.events import make_event
 from loyalty_shared.events.members import MemberRegistered
-from loyalty_shared.kafka.broker import EmbeddedBroker, free_port
+from loyalty_shared.kafka.broker import free_port
 from loyalty_shared.settings import SERVICE_PORT_OFFSETS
-from loyalty_shared.testing import DatabaseFactory, start_service, until
+from loyalty_shared.testing import (
+    BrokerProxy,
+    DatabaseFactory,
+    ProxiedBroker,
+    start_service,
+    until,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Certificates
@@ -143,94 +147,28 @@ def _make_pki(root: Path) -> Pki:
 # ---------------------------------------------------------------------------------------------
 
 
-class TlsProxy:
-    """TLS on 127.0.0.1:<port>, plain TCP to the broker behind it. Its own event loop in a
-    thread, so that the test's work never stalls the services' traffic (and a blocking client,
-    confluent-kafka, may run in the test's)."""
+class TlsProxy(BrokerProxy):
+    """TLS on 127.0.0.1:<port>, plain TCP to the broker behind it."""
+
+    name = "tls-proxy"
 
     def __init__(self, pki: Pki, upstream_port: int) -> None:
-        self.port = free_port()
-        self.upstream_port = upstream_port
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(pki.server_cert, pki.server_key)
-        self.handshakes = 0  # TLS connections established and forwarded
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.server_cert, pki.server_key)
+        super().__init__(upstream_port, ssl=context)
 
-    def start(self) -> None:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            # refused handshakes (the wrong-CA test) are expected: no tracebacks for them
-            loop.set_exception_handler(lambda loop, context: None)
-            server = loop.run_until_complete(
-                asyncio.start_server(self._connection, "127.0.0.1", self.port, ssl=self.context)
-            )
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                server.close()
-                for task in asyncio.all_tasks(loop):
-                    task.cancel()
-                loop.run_until_complete(asyncio.sleep(0))
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"tls-proxy-{self.port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the TLS proxy did not start")
-
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.handshakes += 1  # the server side completed the handshake before calling us
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            for w in (writer, up_writer):
-                with contextlib.suppress(Exception):
-                    w.close()
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        raise asyncio.IncompleteReadError(b"", None)
+    @property
+    def handshakes(self) -> int:
+        """TLS connections established and forwarded (the handshake completes before a
+        connection is handed over)."""
+        return self.connections
 
 
-class TlsBroker(EmbeddedBroker):
+class TlsBroker(ProxiedBroker):
     """The embedded broker behind a TlsProxy; it advertises the proxy as its address."""
 
     def __init__(self, pki: Pki) -> None:
-        proxy = TlsProxy(pki, free_port())
-        super().__init__(proxy.upstream_port, advertised_port=proxy.port)
-        self.proxy = proxy
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.proxy.port}"
-
-    def start(self, timeout: float = 20.0) -> TlsBroker:
-        self.proxy.start()
-        super().start(timeout)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        super().stop(timeout)
-        self.proxy.stop()
+        super().__init__(TlsProxy(pki, free_port()))
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,12 @@ Each service gets a fresh database per session: `loyalty_<service>_<random>`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,3 +262,102 @@ async def until(check: Any, what: str, timeout: float, every: float = 0.2) -> An
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(every)
+
+
+class BrokerProxy:
+    """A TCP proxy on 127.0.0.1:<port> in front of the embedded broker at `upstream_port`, on its
+    own event loop in a thread, so that the test's own work (even a blocking client) never
+    stalls the services' traffic. `ssl` terminates TLS. Subclasses shape what passes by
+    overriding `forward_requests` (client to broker); `ProxiedBroker` advertises the proxy."""
+
+    name = "broker-proxy"
+
+    def __init__(self, upstream_port: int, *, ssl: Any = None) -> None:
+        self.port = free_port()
+        self.upstream_port = upstream_port
+        self.ssl = ssl
+        self.connections = 0  # connections accepted (TLS: handshakes completed) and forwarded
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            # refused connections (a TLS handshake with the wrong CA) are expected: no tracebacks
+            loop.set_exception_handler(lambda loop, context: None)
+            server = loop.run_until_complete(
+                asyncio.start_server(self._connection, "127.0.0.1", self.port, ssl=self.ssl)
+            )
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                server.close()
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+                loop.run_until_complete(asyncio.sleep(0))
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"{self.name}-{self.port}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError(f"the {self.name} did not start")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        try:
+            await asyncio.gather(
+                self.forward_requests(reader, up_writer), self.forward(up_reader, writer)
+            )
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    async def forward_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await self.forward(reader, writer)
+
+    @staticmethod
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        raise asyncio.IncompleteReadError(b"", None)
+
+
+class ProxiedBroker(EmbeddedBroker):
+    """The embedded broker behind a `BrokerProxy` that it advertises as its address, so that
+    every client talks to it through the proxy."""
+
+    def __init__(self, proxy: BrokerProxy) -> None:
+        super().__init__(proxy.upstream_port, advertised_port=proxy.port)
+        self.proxy = proxy
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.proxy.port}"
+
+    def start(self, timeout: float = 20.0) -> ProxiedBroker:
+        self.proxy.start()
+        super().start(timeout)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        self.proxy.stop()
