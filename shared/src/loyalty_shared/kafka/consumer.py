@@ -294,7 +294,8 @@ class IdempotentConsumer:
 
     def _record_lag(self, tp: TopicPartition, last_offset: int) -> None:
         assert self._consumer is not None
-        highwater = self._consumer.highwater(tp)
+        # revoked while its batch was applied (a rebalance): aiokafka's highwater() asserts
+        highwater = self._consumer.highwater(tp) if tp in self._consumer.assignment() else None
         if highwater is not None:
             CONSUMER_LAG.labels(self.service, tp.topic, tp.partition).set(
                 max(highwater - last_offset - 1, 0)
