@@ -23,7 +23,7 @@ from .api_types import AwareDatetime, RequestModel
 from .auth import ApiKeys, AuthenticationMiddleware, Scope
 from .clock import Clock, SystemClock
 from .db import create_engine, resolve_database_url, run_migrations
-from .errors import Conflict, NotFound, install_problem_handlers
+from .errors import PROBLEM_MEDIA_TYPE, Conflict, NotFound, install_problem_handlers
 from .idempotency import PURGE_IDEMPOTENCY_KEYS, IdempotencyStore, WriteGuardMiddleware
 from .jobs import Job, JobBusy, job_states, run_job, scheduler
 from .kafka import Handlers, IdempotentConsumer, OutboxRelay, ensure_topics, schedule_replay
@@ -290,7 +290,13 @@ async def healthz() -> dict[str, str]:
 @ops.get(
     "/readyz",
     summary="The database and the broker are reachable",
-    responses={503: {"description": "the database or the broker is not: `checks` says which"}},
+    responses={
+        503: {"description": "the database or the broker is not: `checks` says which"},
+        422: {
+            "description": "`require` is neither `all` nor `database` (`validation_error`)",
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        },
+    },
 )
 async def readyz(
     runtime: RuntimeDep,
